@@ -2,4 +2,25 @@
 
 # --- dev stack (docker compose) ---
 # dev-stack:start
+# The backend with Postgres, Redis and the observability stack; see README.md,
+# "Observability". LOG_SHIPPER picks the compose profile of the log shipper:
+# alloy (default) or promtail (end of life since 2026-03-02).
+LOG_SHIPPER ?= alloy
+OTHER_SHIPPER = $(filter-out $(LOG_SHIPPER),alloy promtail)
+DEV_COMPOSE := docker compose -f deploy/docker-compose.dev.yml
+
+.PHONY: dev dev-down dev-logs
+
+# Switching shippers removes the other one first: two would ship every line twice.
+dev:
+	$(if $(filter alloy promtail,$(LOG_SHIPPER)),,$(error LOG_SHIPPER must be alloy or promtail, not '$(LOG_SHIPPER)'))
+	$(DEV_COMPOSE) --profile $(OTHER_SHIPPER) rm --stop --force $(OTHER_SHIPPER)
+	$(DEV_COMPOSE) --profile $(LOG_SHIPPER) up -d --build
+
+# Both profiles, so that whichever shipper runs is stopped too.
+dev-down:
+	$(DEV_COMPOSE) --profile alloy --profile promtail down
+
+dev-logs:
+	$(DEV_COMPOSE) logs -f backend
 # dev-stack:end
