@@ -1,0 +1,379 @@
+//! Settings from the environment (CONTRACT.md §1).
+//!
+//! Every variable is read once, at start-up, through a lookup function so that tests can build
+//! settings from a map instead of the process environment. A bad value is a [`ConfigError`]
+//! naming the variable; the value itself is only echoed when it cannot be a secret.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::str::FromStr;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::telemetry::config::TelemetrySettings;
+
+/// Everything the service is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `BIND_ADDR`: where the HTTP server listens.
+    pub bind_addr: SocketAddr,
+    pub database: DatabaseSettings,
+    pub redis: RedisSettings,
+    /// `RECOMMENDER_URL`: the Gorse-compatible recommender; `None` disables `type=recommended`.
+    pub recommender: Option<RecommenderSettings>,
+    /// `LOG_LEVEL`.
+    pub log_level: LogLevel,
+    /// `FEED_CACHE_TTL_S`: how long a cached feed page lives in Redis.
+    pub feed_cache_ttl: Duration,
+    /// `TOKEN_TTL_DAYS`: lifetime of a bearer token.
+    pub token_ttl: Duration,
+    /// `SHUTDOWN_TIMEOUT_S`: how long in-flight requests may take to finish on SIGTERM.
+    pub shutdown_timeout: Duration,
+    /// `TRACECONTEXT_TEST_ENDPOINT`: mounts `POST /test` for the W3C trace-context test suite.
+    pub tracecontext_test_endpoint: bool,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `DATABASE_URL`. May hold a password: never logged.
+    pub url: String,
+    /// `DB_CONNECT_TIMEOUT_S`: how long start-up keeps retrying an unreachable Postgres.
+    pub connect_timeout: Duration,
+    /// `DB_POOL_SIZE`.
+    pub pool_size: u32,
+    /// `DB_POOL_TIMEOUT_MS`: how long a request waits for a connection before answering 503.
+    pub pool_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `REDIS_URL`. May hold a password: never logged.
+    pub url: String,
+    /// `REDIS_KEY_PREFIX`: prepended to every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// `REDIS_TIMEOUT_MS`: bound on every Redis operation, so a hung Redis cannot hang a request.
+    pub op_timeout: Duration,
+    /// `REDIS_POOL_SIZE`.
+    pub pool_size: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RecommenderSettings {
+    pub base_url: Url,
+    /// `RECOMMENDER_TIMEOUT_MS`: after this the feed falls back to `trending`.
+    pub timeout: Duration,
+}
+
+/// Log verbosity, from `LOG_LEVEL`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl FromStr for LogLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "trace" => Ok(Self::Trace),
+            "debug" => Ok(Self::Debug),
+            "info" => Ok(Self::Info),
+            "warn" | "warning" => Ok(Self::Warn),
+            "error" => Ok(Self::Error),
+            _ => Err("expected one of trace, debug, info, warn, error".into()),
+        }
+    }
+}
+
+/// A configuration value that cannot be used; start-up stops with this one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub variable: &'static str,
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            variable,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid configuration: {}: {}",
+            self.variable, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+type Lookup<'a> = Box<dyn Fn(&str) -> Option<String> + 'a>;
+
+/// Reads variables by name; the process environment or a map in tests.
+pub struct Env<'a> {
+    lookup: Lookup<'a>,
+}
+
+impl<'a> Env<'a> {
+    pub fn new(lookup: impl Fn(&str) -> Option<String> + 'a) -> Self {
+        Self {
+            lookup: Box::new(lookup),
+        }
+    }
+
+    /// The process environment.
+    pub fn process() -> Env<'static> {
+        Env::new(|name| std::env::var(name).ok())
+    }
+
+    /// The value of `name`, with an empty value treated as unset (as the OTel spec asks).
+    pub fn get(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.get(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// A parsed value; the error echoes the value, so only use it for non-secret variables.
+    pub fn parse<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError::new(name, format!("{raw:?} is not valid: {e}"))),
+        }
+    }
+
+    /// An integer within `min..=max`.
+    pub fn bounded<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        min: T,
+        max: T,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + fmt::Display + Copy,
+        T::Err: fmt::Display,
+    {
+        let value = self.parse(name, default)?;
+        if value < min || value > max {
+            return Err(ConfigError::new(
+                name,
+                format!("{value} is out of range {min}..={max}"),
+            ));
+        }
+        Ok(value)
+    }
+
+    pub fn bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => match raw.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(true),
+                "false" | "0" | "no" | "off" => Ok(false),
+                _ => Err(ConfigError::new(
+                    name,
+                    format!("{raw:?} is not a boolean (true or false)"),
+                )),
+            },
+        }
+    }
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_source(&Env::process())
+    }
+
+    pub fn from_source(env: &Env<'_>) -> Result<Self, ConfigError> {
+        let bind_addr = parse_bind_addr(&env.string("BIND_ADDR", "0.0.0.0:8787"))?;
+
+        let database_url = env.string(
+            "DATABASE_URL",
+            "postgres://postgres@127.0.0.1:5432/sidechain",
+        );
+        check_url("DATABASE_URL", &database_url, &["postgres", "postgresql"])?;
+        let database = DatabaseSettings {
+            url: database_url,
+            connect_timeout: Duration::from_secs(env.bounded(
+                "DB_CONNECT_TIMEOUT_S",
+                30u64,
+                0,
+                3600,
+            )?),
+            pool_size: env.bounded("DB_POOL_SIZE", 16u32, 1, 1000)?,
+            pool_timeout: Duration::from_millis(env.bounded(
+                "DB_POOL_TIMEOUT_MS",
+                5000u64,
+                1,
+                600_000,
+            )?),
+        };
+
+        let redis_url = env.string("REDIS_URL", "redis://127.0.0.1:6379");
+        check_url(
+            "REDIS_URL",
+            &redis_url,
+            &["redis", "rediss", "redis+unix", "unix"],
+        )?;
+        let redis = RedisSettings {
+            url: redis_url,
+            key_prefix: env.string("REDIS_KEY_PREFIX", "sidechain:"),
+            op_timeout: Duration::from_millis(env.bounded(
+                "REDIS_TIMEOUT_MS",
+                250u64,
+                1,
+                60_000,
+            )?),
+            pool_size: env.bounded("REDIS_POOL_SIZE", 32usize, 1, 1000)?,
+        };
+
+        let recommender = match env.get("RECOMMENDER_URL") {
+            None => None,
+            Some(raw) => {
+                let base_url = check_url("RECOMMENDER_URL", raw.trim(), &["http", "https"])?;
+                Some(RecommenderSettings {
+                    base_url,
+                    timeout: Duration::from_millis(env.bounded(
+                        "RECOMMENDER_TIMEOUT_MS",
+                        800u64,
+                        1,
+                        60_000,
+                    )?),
+                })
+            }
+        };
+
+        Ok(Self {
+            bind_addr,
+            database,
+            redis,
+            recommender,
+            log_level: env.parse("LOG_LEVEL", LogLevel::Info)?,
+            feed_cache_ttl: Duration::from_secs(env.bounded(
+                "FEED_CACHE_TTL_S",
+                30u64,
+                1,
+                86_400,
+            )?),
+            token_ttl: Duration::from_secs(env.bounded("TOKEN_TTL_DAYS", 30u64, 1, 3650)? * 86_400),
+            shutdown_timeout: Duration::from_secs(env.bounded(
+                "SHUTDOWN_TIMEOUT_S",
+                30u64,
+                0,
+                3600,
+            )?),
+            tracecontext_test_endpoint: env.bool("TRACECONTEXT_TEST_ENDPOINT", false)?,
+            telemetry: TelemetrySettings::from_source(env)?,
+        })
+    }
+}
+
+fn parse_bind_addr(raw: &str) -> Result<SocketAddr, ConfigError> {
+    let raw = raw.trim();
+    if let Ok(addr) = raw.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    raw.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| {
+            ConfigError::new(
+                "BIND_ADDR",
+                format!("{raw:?} is not a host:port address (e.g. 0.0.0.0:8787)"),
+            )
+        })
+}
+
+/// Checks that a URL parses and has one of the expected schemes. The value is not echoed:
+/// connection URLs carry passwords.
+fn check_url(variable: &'static str, raw: &str, schemes: &[&str]) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw)
+        .map_err(|e| ConfigError::new(variable, format!("not a valid URL ({e})")))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(ConfigError::new(
+            variable,
+            format!(
+                "unsupported scheme {:?}, expected one of {}",
+                url.scheme(),
+                schemes.join(", ")
+            ),
+        ));
+    }
+    Ok(url)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_source(&Env::new(move |k| map.get(k).cloned()))
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let s = settings(&[]).expect("defaults are valid");
+        assert_eq!(s.bind_addr, "0.0.0.0:8787".parse().unwrap());
+        assert_eq!(
+            s.database.url,
+            "postgres://postgres@127.0.0.1:5432/sidechain"
+        );
+        assert_eq!(s.database.connect_timeout, Duration::from_secs(30));
+        assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
+        assert!(s.recommender.is_none());
+        assert_eq!(s.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_variable() {
+        let err = settings(&[("DB_CONNECT_TIMEOUT_S", "soon")]).unwrap_err();
+        assert_eq!(err.variable, "DB_CONNECT_TIMEOUT_S");
+        let err = settings(&[("BIND_ADDR", "nowhere")]).unwrap_err();
+        assert_eq!(err.variable, "BIND_ADDR");
+        let err = settings(&[("LOG_LEVEL", "loud")]).unwrap_err();
+        assert_eq!(err.variable, "LOG_LEVEL");
+        let err = settings(&[("RECOMMENDER_URL", "ftp://x")]).unwrap_err();
+        assert_eq!(err.variable, "RECOMMENDER_URL");
+    }
+
+    #[test]
+    fn url_errors_do_not_echo_secrets() {
+        let err = settings(&[("DATABASE_URL", "mysql://u:hunter2@db/x")]).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_URL");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let s = settings(&[("LOG_LEVEL", ""), ("RECOMMENDER_URL", " ")]).unwrap();
+        assert_eq!(s.log_level, LogLevel::Info);
+        assert!(s.recommender.is_none());
+    }
+}

@@ -1,0 +1,262 @@
+//! The error policy, in one place.
+//!
+//! Every handler returns `Result<_, AppError>`. An `AppError` renders as
+//! `{"error":{"code","message","trace_id"}}` with the status its variant names:
+//!
+//! - bad input → 400 with a specific code; never a 500, whatever the bytes;
+//! - `diesel::NotFound` → 404;
+//! - a Postgres or Redis outage (pool timeout, broken connection) → 503;
+//! - anything else → 500 whose message says nothing of the internals. Its cause chain is logged
+//!   once, here at the boundary, and nowhere else.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::telemetry::logging;
+use crate::telemetry::propagation;
+
+type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Everything a request can fail with.
+#[derive(Debug)]
+pub enum AppError {
+    /// 400: the input is malformed or breaks a rule.
+    BadRequest { code: &'static str, message: String },
+    /// 401: no valid bearer token (or wrong credentials at login).
+    Unauthorized {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// 403: authenticated, but not allowed.
+    Forbidden(&'static str),
+    /// 404: the named thing does not exist.
+    NotFound(&'static str),
+    /// 405.
+    MethodNotAllowed,
+    /// 409: a unique value is taken.
+    Conflict {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// 413.
+    PayloadTooLarge,
+    /// 415.
+    UnsupportedMediaType,
+    /// 503: a dependency the request needs is down.
+    Unavailable {
+        dependency: &'static str,
+        source: BoxError,
+    },
+    /// 500: a real server fault.
+    Internal {
+        context: &'static str,
+        source: BoxError,
+    },
+}
+
+impl AppError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn internal(context: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Internal {
+            context,
+            source: source.into(),
+        }
+    }
+
+    pub fn unavailable(dependency: &'static str, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable {
+            dependency,
+            source: source.into(),
+        }
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::Unauthorized {
+            code: "unauthorized",
+            message: "a valid bearer token is required",
+        }
+    }
+
+    /// The machine-readable code of the body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. } => code,
+            Self::Unauthorized { code, .. } => code,
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Conflict { code, .. } => code,
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::Unavailable { .. } => "service_unavailable",
+            Self::Internal { .. } => "internal_error",
+        }
+    }
+
+    /// The `exception.type` of a server fault: the kind, never the message.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable { dependency, .. } => dependency,
+            Self::Internal { context, .. } => context,
+            _ => self.code(),
+        }
+    }
+}
+
+impl fmt::Display for AppError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadRequest { message, .. } => f.write_str(message),
+            Self::Unauthorized { message, .. } => f.write_str(message),
+            Self::Forbidden(message) => f.write_str(message),
+            Self::NotFound(what) => write!(f, "{what} not found"),
+            Self::MethodNotAllowed => f.write_str("method not allowed on this route"),
+            Self::Conflict { message, .. } => f.write_str(message),
+            Self::PayloadTooLarge => f.write_str("the request body is too large"),
+            Self::UnsupportedMediaType => f.write_str("unsupported content type"),
+            Self::Unavailable { dependency, .. } => {
+                write!(f, "a backing service ({dependency}) is unavailable")
+            }
+            Self::Internal { .. } => f.write_str("internal server error"),
+        }
+    }
+}
+
+impl StdError for AppError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Self::Unavailable { source, .. } | Self::Internal { source, .. } => Some(&**source),
+            _ => None,
+        }
+    }
+}
+
+/// The JSON error envelope.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable, stable: `not_found`, `invalid_limit`, `username_taken`, …
+    pub code: &'static str,
+    /// For humans; never holds internals.
+    pub message: String,
+    /// The trace of the request (32 hex), when it is traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+}
+
+impl ResponseError for AppError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict { .. } => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        // This runs once per failed request, inside the request's span: the one place where
+        // server faults are logged.
+        if let Self::Unavailable { .. } | Self::Internal { .. } = self {
+            slog::error!(logging::logger(), "request failed";
+                "error.kind" => self.kind(),
+                "error" => %ErrorChain(self),
+            );
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.to_string(),
+                trace_id: propagation::current_trace_id(),
+            },
+        };
+        HttpResponse::build(self.status_code()).json(body)
+    }
+}
+
+/// Displays an error and its causes: `a: b: c`.
+pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
+
+impl fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(err: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match err {
+            Error::NotFound => AppError::NotFound("resource"),
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ) => AppError::unavailable("postgres", err),
+            other => AppError::internal("database", other),
+        }
+    }
+}
+
+impl From<actix_web::error::JsonPayloadError> for AppError {
+    fn from(err: actix_web::error::JsonPayloadError) -> Self {
+        use actix_web::error::JsonPayloadError as E;
+        match err {
+            E::OverflowKnownLength { .. } | E::Overflow { .. } => AppError::PayloadTooLarge,
+            E::ContentType => AppError::UnsupportedMediaType,
+            E::Deserialize(e) => {
+                AppError::bad_request("invalid_body", format!("invalid JSON body: {e}"))
+            }
+            E::Payload(actix_web::error::PayloadError::Overflow) => AppError::PayloadTooLarge,
+            other => AppError::bad_request("invalid_body", format!("unreadable body: {other}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_hide_their_cause_from_the_client() {
+        let err = AppError::internal("loading post", "relation \"posts\" does not exist");
+        assert_eq!(err.to_string(), "internal server error");
+        assert_eq!(err.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            ErrorChain(&err).to_string(),
+            "internal server error: relation \"posts\" does not exist"
+        );
+    }
+
+    #[test]
+    fn diesel_not_found_is_404() {
+        let err: AppError = diesel::result::Error::NotFound.into();
+        assert_eq!(err.status_code(), StatusCode::NOT_FOUND);
+    }
+}
