@@ -1,0 +1,264 @@
+//! Postgres through Diesel: the pool, start-up (create, wait, migrate) and the one way
+//! handlers reach a connection, [`Db::run`].
+//!
+//! ```text
+//!  handler ──await──▶ Db::run(f) ──▶ blocking pool thread (request span entered)
+//!                                     ├─ r2d2 checkout (≤ pool timeout, else 503)
+//!                                     └─ f(&mut PgConnection) ─▶ QueryInstrumentation ─▶ span per query
+//! ```
+//!
+//! Why r2d2 (Diesel's own `r2d2` feature) rather than deadpool-diesel: Diesel is synchronous, so
+//! every call has to leave the async worker for the blocking pool anyway. With r2d2 the checkout
+//! happens on that blocking thread too, so a call costs one hop; deadpool-diesel checks out
+//! asynchronously and then hops again through `interact`, for no gain here. r2d2's connection
+//! customizer is also where each new connection gets its [`QueryInstrumentation`].
+
+pub mod models;
+pub mod queries;
+pub mod schema;
+
+use std::time::{Duration, Instant};
+
+use diesel::connection::Connection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::{QueryableByName, RunQueryDsl};
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use url::Url;
+
+use crate::config::DatabaseSettings;
+use crate::errors::AppError;
+use crate::telemetry::db::{DbTarget, QueryInstrumentation};
+use crate::telemetry::logging;
+use crate::telemetry::propagation::spawn_blocking_in_span;
+
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// Arbitrary constant naming the advisory lock that serialises migrations between replicas.
+const MIGRATION_LOCK_ID: i64 = 0x5349_4445_4348_4149; // "SIDECHAI"
+
+type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+/// The database handle shared by all handlers.
+#[derive(Clone)]
+pub struct Db {
+    pool: PgPool,
+}
+
+/// Start-up could not reach or prepare Postgres.
+#[derive(Debug, thiserror::Error)]
+pub enum DbStartupError {
+    #[error("DATABASE_URL has no database name")]
+    NoDatabaseName,
+    #[error("could not connect to Postgres within {waited:?}: {last_error}")]
+    Unreachable {
+        waited: Duration,
+        last_error: String,
+    },
+    #[error("could not create database {name:?}: {source}")]
+    Create {
+        name: String,
+        source: diesel::result::Error,
+    },
+    #[error("migrations failed: {0}")]
+    Migrate(String),
+}
+
+impl Db {
+    /// Waits for Postgres (retrying with backoff for `connect_timeout`), creates the database
+    /// if it is missing, applies pending migrations and builds the pool.
+    pub async fn connect(settings: &DatabaseSettings) -> Result<Db, DbStartupError> {
+        let settings = settings.clone();
+        tokio::task::spawn_blocking(move || Self::connect_blocking(&settings))
+            .await
+            .map_err(|e| DbStartupError::Migrate(format!("start-up task failed: {e}")))?
+    }
+
+    fn connect_blocking(settings: &DatabaseSettings) -> Result<Db, DbStartupError> {
+        let url = Url::parse(&settings.url).map_err(|_| DbStartupError::NoDatabaseName)?;
+        let name = url.path().trim_start_matches('/').to_owned();
+        if name.is_empty() {
+            return Err(DbStartupError::NoDatabaseName);
+        }
+
+        let mut conn = wait_for_database(settings, &url, &name)?;
+        migrate(&mut conn)?;
+
+        let target = DbTarget::from_url(&url);
+        let manager = ConnectionManager::<PgConnection>::new(&settings.url);
+        let pool = Pool::builder()
+            .max_size(settings.pool_size)
+            .min_idle(Some(settings.pool_size.min(2)))
+            .connection_timeout(settings.pool_timeout)
+            // A checkout test is one more round trip (and span) per query; broken connections
+            // are noticed by Diesel itself and dropped by r2d2.
+            .test_on_check_out(false)
+            .connection_customizer(Box::new(InstrumentOnAcquire(target)))
+            .build_unchecked(manager);
+        Ok(Db { pool })
+    }
+
+    /// Runs `f` with a pooled connection on the blocking pool, inside the caller's span, so its
+    /// query spans join the request's trace. A pool timeout is a 503.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, AppError>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        spawn_blocking_in_span(move || {
+            let mut conn = pool
+                .get()
+                .map_err(|e| AppError::unavailable("postgres", e))?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| AppError::internal("database task", e))?
+    }
+
+    /// `SELECT 1`, for readiness.
+    pub async fn ping(&self) -> Result<(), AppError> {
+        self.run(|conn| {
+            diesel::sql_query("SELECT 1").execute(conn)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Gives each new pooled connection its query instrumentation.
+#[derive(Debug)]
+struct InstrumentOnAcquire(DbTarget);
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for InstrumentOnAcquire {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.set_instrumentation(QueryInstrumentation::new(self.0.clone()));
+        Ok(())
+    }
+}
+
+/// Connects to the database, creating it first if it does not exist; retries until
+/// `connect_timeout` with exponential backoff (100 ms doubling up to 2 s).
+fn wait_for_database(
+    settings: &DatabaseSettings,
+    url: &Url,
+    name: &str,
+) -> Result<PgConnection, DbStartupError> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    let mut attempt = 1u32;
+    loop {
+        let last_error = match PgConnection::establish(&settings.url) {
+            Ok(conn) => return Ok(conn),
+            Err(err) if is_missing_database(&err) => match create_database(url, name) {
+                Ok(()) => continue,
+                Err(DbStartupError::Create { source, .. }) if is_transient(&source) => {
+                    source.to_string()
+                }
+                Err(other) => return Err(other),
+            },
+            Err(err) => err.to_string(),
+        };
+        let waited = started.elapsed();
+        if waited >= settings.connect_timeout {
+            return Err(DbStartupError::Unreachable {
+                waited,
+                last_error: last_error.trim().to_owned(),
+            });
+        }
+        slog::warn!(logging::logger(), "postgres not reachable yet, retrying";
+            "attempt" => attempt,
+            "retry_in_ms" => backoff.as_millis() as u64,
+            "error" => last_error.trim(),
+        );
+        std::thread::sleep(backoff.min(settings.connect_timeout.saturating_sub(waited)));
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+        attempt += 1;
+    }
+}
+
+fn is_missing_database(err: &diesel::ConnectionError) -> bool {
+    matches!(err, diesel::ConnectionError::BadConnection(msg) if msg.contains("does not exist"))
+}
+
+fn is_transient(err: &diesel::result::Error) -> bool {
+    !matches!(err, diesel::result::Error::DatabaseError(..))
+}
+
+#[derive(QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    exists: bool,
+}
+
+/// Creates `name` through a maintenance database of the same server. A concurrent creation by
+/// another replica is not an error.
+fn create_database(url: &Url, name: &str) -> Result<(), DbStartupError> {
+    let create_err = |source| DbStartupError::Create {
+        name: name.to_owned(),
+        source,
+    };
+    let mut last = None;
+    for maintenance in ["postgres", "template1"] {
+        let mut admin_url = url.clone();
+        admin_url.set_path(maintenance);
+        let mut conn = match PgConnection::establish(admin_url.as_str()) {
+            Ok(conn) => conn,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let exists = diesel::sql_query(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists",
+        )
+        .bind::<diesel::sql_types::Text, _>(name)
+        .get_result::<Exists>(&mut conn)
+        .map_err(create_err)?
+        .exists;
+        if exists {
+            return Ok(());
+        }
+        let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+        return match diesel::sql_query(format!("CREATE DATABASE {quoted}")).execute(&mut conn) {
+            Ok(_) => {
+                slog::info!(logging::logger(), "created database"; "db.namespace" => name);
+                Ok(())
+            }
+            Err(diesel::result::Error::DatabaseError(_, info))
+                if info.message().contains("already exists") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(create_err(e)),
+        };
+    }
+    Err(create_err(diesel::result::Error::QueryBuilderError(
+        format!(
+            "no maintenance database reachable: {}",
+            last.map(|e| e.to_string()).unwrap_or_default()
+        )
+        .into(),
+    )))
+}
+
+/// Applies pending migrations under an advisory lock, so replicas starting together do not
+/// race.
+fn migrate(conn: &mut PgConnection) -> Result<(), DbStartupError> {
+    let fail = |e: &dyn std::fmt::Display| DbStartupError::Migrate(e.to_string());
+    diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_ID})"))
+        .execute(conn)
+        .map_err(|e| fail(&e))?;
+    let result = conn
+        .run_pending_migrations(MIGRATIONS)
+        .map(|applied| applied.len())
+        .map_err(|e| fail(&e));
+    // The lock is also released when the connection closes, so a failure here is harmless.
+    let _ =
+        diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})")).execute(conn);
+    let applied = result?;
+    if applied > 0 {
+        slog::info!(logging::logger(), "applied database migrations"; "count" => applied);
+    }
+    Ok(())
+}

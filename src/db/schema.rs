@@ -1,0 +1,72 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    auth_tokens (token_hash) {
+        token_hash -> Bytea,
+        user_id -> Uuid,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    comments (id) {
+        id -> Uuid,
+        post_id -> Uuid,
+        author_id -> Uuid,
+        body -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    follows (follower_id, followee_id) {
+        follower_id -> Uuid,
+        followee_id -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    likes (post_id, user_id) {
+        post_id -> Uuid,
+        user_id -> Uuid,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    posts (id) {
+        id -> Uuid,
+        author_id -> Uuid,
+        title -> Text,
+        description -> Nullable<Text>,
+        bpm -> Nullable<Int4>,
+        musical_key -> Nullable<Text>,
+        daw -> Nullable<Text>,
+        genre -> Nullable<Text>,
+        tags -> Array<Nullable<Text>>,
+        like_count -> Int8,
+        comment_count -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    users (id) {
+        id -> Uuid,
+        username -> Text,
+        email -> Text,
+        password_hash -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(auth_tokens -> users (user_id));
+diesel::joinable!(comments -> posts (post_id));
+diesel::joinable!(comments -> users (author_id));
+diesel::joinable!(likes -> posts (post_id));
+diesel::joinable!(likes -> users (user_id));
+diesel::joinable!(posts -> users (author_id));
+
+diesel::allow_tables_to_appear_in_same_query!(auth_tokens, comments, follows, likes, posts, users,);
