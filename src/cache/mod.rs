@@ -1,0 +1,215 @@
+//! Redis through deadpool-redis, one CLIENT span per operation.
+//!
+//! Key scheme (all keys start with `REDIS_KEY_PREFIX`, default `sidechain:`):
+//!
+//! | key | value | written by |
+//! | --- | --- | --- |
+//! | `feed:version` | integer, `INCR`ed by every write that changes what a feed shows | posts, likes, comments, follows |
+//! | `feed:v{version}:{type}:{user or -}:{limit}:{cursor or -}` | a feed page, JSON; `SETEX` `FEED_CACHE_TTL_S` | the feed route |
+//!
+//! Invalidation is by versioning: a write bumps `feed:version`, so the next read builds a key
+//! nobody has written yet and misses; stale pages are never read again and expire by TTL. A new
+//! post or like therefore shows up at once, not after the TTL.
+//!
+//! Redis is an optimisation here, never a dependency: every operation is bounded by
+//! `REDIS_TIMEOUT_MS`, and callers treat a [`CacheError`] as a miss.
+
+pub mod feed;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_redis::redis::{self, AsyncCommands};
+use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::config::RedisSettings;
+use crate::telemetry::metrics::{self, CacheResult};
+
+/// A key: its scheme prefix (low-cardinality, names the span) and the full key.
+#[derive(Debug, Clone)]
+pub struct CacheKey {
+    scheme: &'static str,
+    full: String,
+}
+
+impl CacheKey {
+    pub fn as_str(&self) -> &str {
+        &self.full
+    }
+}
+
+/// Why a cache operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("no Redis connection: {0}")]
+    Pool(#[from] deadpool_redis::PoolError),
+    #[error("Redis command failed: {0}")]
+    Command(#[from] redis::RedisError),
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl CacheError {
+    fn kind(&self) -> &'static str {
+        match self {
+            CacheError::Pool(_) => "pool",
+            CacheError::Command(_) => "command",
+            CacheError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+/// The Redis handle shared by all handlers.
+#[derive(Clone)]
+pub struct Cache {
+    pool: Pool,
+    prefix: Arc<str>,
+    timeout: Duration,
+}
+
+impl Cache {
+    /// Builds the pool. No connection is made yet, so a Redis that is down does not stop
+    /// start-up.
+    pub fn new(settings: &RedisSettings) -> Result<Self, deadpool_redis::CreatePoolError> {
+        let mut config = Config::from_url(settings.url.clone());
+        let mut pool_config = PoolConfig::new(settings.pool_size);
+        pool_config.timeouts = Timeouts {
+            wait: Some(settings.op_timeout),
+            create: Some(settings.op_timeout),
+            recycle: Some(settings.op_timeout),
+        };
+        config.pool = Some(pool_config);
+        Ok(Self {
+            pool: config.create_pool(Some(Runtime::Tokio1))?,
+            prefix: settings.key_prefix.as_str().into(),
+            timeout: settings.op_timeout,
+        })
+    }
+
+    /// A key under this deployment's prefix: `{prefix}{scheme}:{rest}`.
+    pub fn key(&self, scheme: &'static str, rest: std::fmt::Arguments<'_>) -> CacheKey {
+        CacheKey {
+            scheme,
+            full: format!("{}{scheme}:{rest}", self.prefix),
+        }
+    }
+
+    /// `GET`; records `cache.hit`.
+    pub async fn get(&self, key: &CacheKey) -> Result<Option<String>, CacheError> {
+        let span = cache_span("GET", key);
+        let result = self
+            .command(&span, |mut conn| {
+                let k = key.full.clone();
+                async move { conn.get::<_, Option<String>>(k).await }
+            })
+            .await;
+        let outcome = match &result {
+            Ok(Some(_)) => CacheResult::Hit,
+            Ok(None) => CacheResult::Miss,
+            Err(_) => CacheResult::Error,
+        };
+        if let Ok(value) = &result {
+            span.record("cache.hit", value.is_some());
+        }
+        metrics::cache_request("GET", outcome);
+        result
+    }
+
+    /// `SET key value EX ttl`.
+    pub async fn set_ex(
+        &self,
+        key: &CacheKey,
+        value: String,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        let span = cache_span("SET", key);
+        let result = self
+            .command(&span, |mut conn| {
+                let k = key.full.clone();
+                async move {
+                    conn.set_ex::<_, _, ()>(k, value, ttl.as_secs().max(1))
+                        .await
+                }
+            })
+            .await;
+        if result.is_err() {
+            metrics::cache_request("SET", CacheResult::Error);
+        }
+        result
+    }
+
+    /// `INCR`: returns the new value.
+    pub async fn incr(&self, key: &CacheKey) -> Result<i64, CacheError> {
+        let span = cache_span("INCR", key);
+        let result = self
+            .command(&span, |mut conn| {
+                let k = key.full.clone();
+                async move { conn.incr::<_, _, i64>(k, 1).await }
+            })
+            .await;
+        if result.is_err() {
+            metrics::cache_request("INCR", CacheResult::Error);
+        }
+        result
+    }
+
+    /// `PING`, for readiness.
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        let span = tracing::info_span!(
+            "cache.ping",
+            otel.name = "PING",
+            otel.kind = "client",
+            db.system.name = "redis",
+            db.operation.name = "PING",
+            otel.status_code = Empty,
+            error.type = Empty,
+        );
+        self.command(&span, |mut conn| async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map(|_| ())
+        })
+        .await
+    }
+
+    /// Checks out a connection and runs one command inside `span`, both bounded by the
+    /// timeout; a failure marks the span as an error.
+    async fn command<T, F, Fut>(&self, span: &tracing::Span, f: F) -> Result<T, CacheError>
+    where
+        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let work = async {
+            let conn = self.pool.get().await?;
+            Ok::<T, CacheError>(f(conn).await?)
+        };
+        let result = match tokio::time::timeout(self.timeout, work.instrument(span.clone())).await {
+            Ok(result) => result,
+            Err(_) => Err(CacheError::Timeout(self.timeout)),
+        };
+        if let Err(err) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", err.to_string());
+            span.record("error.type", err.kind());
+        }
+        result
+    }
+}
+
+fn cache_span(operation: &'static str, key: &CacheKey) -> tracing::Span {
+    tracing::info_span!(
+        "cache",
+        otel.name = format_args!("{operation} {}", key.scheme),
+        otel.kind = "client",
+        db.system.name = "redis",
+        db.operation.name = operation,
+        cache.key = key.full.as_str(),
+        cache.hit = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+        error.type = Empty,
+    )
+}
