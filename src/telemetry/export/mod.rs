@@ -1,0 +1,86 @@
+//! The span exporter: an actix actor on its own thread, fed by a non-blocking span processor.
+//!
+//! ```text
+//!  request threads                         exporter thread ("otel-export", own actix System)
+//!  ───────────────                         ─────────────────────────────────────────────────
+//!  span ends ─▶ ActorSpanProcessor::on_end ──try_send──▶ SpanExportActor ─▶ otlp ─▶ transport ─▶ endpoint
+//!               (bound check, never waits)                (batching, timer, retries, flush, shutdown)
+//! ```
+
+mod actor;
+pub mod otlp;
+mod processor;
+pub mod transport;
+
+use std::sync::Arc;
+
+use actix::Actor;
+use opentelemetry_sdk::Resource;
+
+pub use actor::{BatchConfig, FlushReport};
+pub use otlp::{AttributeLimits, OtlpEncoder};
+pub use processor::ActorSpanProcessor;
+pub use transport::RetryPolicy;
+
+use crate::telemetry::config::TelemetrySettings;
+use actor::{QueueGauge, SpanExportActor};
+use transport::Transport;
+
+/// The exporter could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ExporterError {
+    #[error("could not build the HTTP client of the exporter: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("could not start the exporter thread: {0}")]
+    Thread(#[from] std::io::Error),
+    #[error("the exporter thread stopped during start-up")]
+    Startup,
+}
+
+/// Starts the export actor on its own thread and returns the processor that feeds it.
+pub fn start(
+    settings: &TelemetrySettings,
+    resource: &Resource,
+    policy: RetryPolicy,
+) -> Result<ActorSpanProcessor, ExporterError> {
+    let batch = BatchConfig {
+        max_export_batch_size: settings.max_export_batch_size,
+        schedule_delay: settings.schedule_delay,
+        export_deadline: settings.export_deadline,
+    };
+    let limits = AttributeLimits {
+        count: settings.attribute_count_limit,
+        value_length: settings.attribute_value_length_limit,
+    };
+    let encoder = OtlpEncoder::new(resource, limits);
+    let transport = Transport::new(settings, policy)?;
+    let gauge = Arc::new(QueueGauge::default());
+    let max_queue_size = settings.max_queue_size;
+
+    let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
+    let actor_gauge = Arc::clone(&gauge);
+    let thread = std::thread::Builder::new()
+        .name("otel-export".into())
+        .spawn(move || {
+            let system = actix::System::new();
+            system.block_on(async move {
+                let addr = SpanExportActor::create(move |ctx| {
+                    // The gauge bounds what the exporter holds; the mailbox only has to be at
+                    // least as large so that it is never the tighter bound.
+                    ctx.set_mailbox_capacity(max_queue_size);
+                    SpanExportActor::new(batch, encoder, transport, actor_gauge)
+                });
+                let _ = addr_tx.send(addr);
+            });
+            // Runs until the actor stops the system after shutdown.
+            let _ = system.run();
+        })?;
+    let addr = addr_rx.recv().map_err(|_| ExporterError::Startup)?;
+    Ok(ActorSpanProcessor::new(
+        addr,
+        gauge,
+        max_queue_size,
+        settings.export_deadline,
+        thread,
+    ))
+}

@@ -1,0 +1,285 @@
+//! Finished spans → one OTLP `ExportTraceServiceRequest`, built with the official
+//! `opentelemetry-proto` message types and encoded with prost.
+//!
+//! ```text
+//!  [SpanData] ─▶ group by instrumentation scope ─▶ ResourceSpans { resource (built once),
+//!                                                                  scope_spans: [ScopeSpans { spans }] }
+//!             ─▶ prost encode into a reused buffer
+//! ```
+//!
+//! Attribute limits are applied here, where each value is copied anyway: at most
+//! `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT` attributes per span, event and link, and string values cut
+//! to `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` characters, so that one huge value cannot make a batch
+//! unacceptable. What is cut is counted in `dropped_attributes_count`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use opentelemetry::trace::{SpanId, SpanKind, Status};
+use opentelemetry::{Array, InstrumentationScope, KeyValue, Value};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1 as common;
+use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
+use opentelemetry_proto::tonic::trace::v1 as trace;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SpanData;
+use prost::Message;
+
+/// Per-span limits of what is exported.
+#[derive(Debug, Clone, Copy)]
+pub struct AttributeLimits {
+    pub count: usize,
+    pub value_length: Option<usize>,
+}
+
+impl Default for AttributeLimits {
+    fn default() -> Self {
+        Self {
+            count: 128,
+            value_length: None,
+        }
+    }
+}
+
+/// Converts and encodes batches. Owns the resource, converted once.
+pub struct OtlpEncoder {
+    resource: ProtoResource,
+    resource_schema_url: String,
+    limits: AttributeLimits,
+}
+
+impl OtlpEncoder {
+    pub fn new(resource: &Resource, limits: AttributeLimits) -> Self {
+        let converter = Converter { limits };
+        let mut dropped = 0;
+        let attributes = converter.attributes(
+            resource
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+            &mut dropped,
+        );
+        Self {
+            resource: ProtoResource {
+                attributes,
+                dropped_attributes_count: dropped,
+                ..Default::default()
+            },
+            resource_schema_url: resource.schema_url().unwrap_or_default().to_owned(),
+            limits,
+        }
+    }
+
+    /// The request for a batch of spans, grouped by instrumentation scope.
+    pub fn request(&self, spans: Vec<SpanData>) -> ExportTraceServiceRequest {
+        let converter = Converter {
+            limits: self.limits,
+        };
+        let mut scopes: Vec<(InstrumentationScope, Vec<trace::Span>)> = Vec::new();
+        for span in spans {
+            let scope = span.instrumentation_scope.clone();
+            let proto = converter.span(span);
+            match scopes.iter_mut().find(|(s, _)| *s == scope) {
+                Some((_, list)) => list.push(proto),
+                None => scopes.push((scope, vec![proto])),
+            }
+        }
+        let scope_spans = scopes
+            .into_iter()
+            .map(|(scope, spans)| trace::ScopeSpans {
+                scope: Some(converter.scope(&scope)),
+                schema_url: scope.schema_url().unwrap_or_default().to_owned(),
+                spans,
+            })
+            .collect();
+        ExportTraceServiceRequest {
+            resource_spans: vec![trace::ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans,
+                schema_url: self.resource_schema_url.clone(),
+            }],
+        }
+    }
+
+    /// Encodes a batch into `buf` (cleared first).
+    pub fn encode(&self, spans: Vec<SpanData>, buf: &mut Vec<u8>) {
+        buf.clear();
+        let request = self.request(spans);
+        buf.reserve(request.encoded_len());
+        // Encoding into a Vec only fails for lack of capacity, which `reserve` provided.
+        let _ = request.encode(buf);
+    }
+}
+
+struct Converter {
+    limits: AttributeLimits,
+}
+
+impl Converter {
+    fn span(&self, span: SpanData) -> trace::Span {
+        let sc = &span.span_context;
+        let mut flags =
+            u32::from(sc.trace_flags().to_u8()) | trace::SpanFlags::ContextHasIsRemoteMask as u32;
+        if span.parent_span_is_remote {
+            flags |= trace::SpanFlags::ContextIsRemoteMask as u32;
+        }
+        let mut dropped_attributes = span.dropped_attributes_count;
+        let attributes = self.attributes(span.attributes, &mut dropped_attributes);
+        let dropped_events_count = span.events.dropped_count;
+        let events = span
+            .events
+            .events
+            .into_iter()
+            .map(|event| {
+                let mut dropped = event.dropped_attributes_count;
+                trace::span::Event {
+                    time_unix_nano: unix_nanos(event.timestamp),
+                    name: event.name.into_owned(),
+                    attributes: self.attributes(event.attributes, &mut dropped),
+                    dropped_attributes_count: dropped,
+                }
+            })
+            .collect();
+        let dropped_links_count = span.links.dropped_count;
+        let links = span
+            .links
+            .links
+            .into_iter()
+            .map(|link| {
+                let mut dropped = link.dropped_attributes_count;
+                trace::span::Link {
+                    trace_id: link.span_context.trace_id().to_bytes().to_vec(),
+                    span_id: link.span_context.span_id().to_bytes().to_vec(),
+                    trace_state: link.span_context.trace_state().header(),
+                    attributes: self.attributes(link.attributes, &mut dropped),
+                    dropped_attributes_count: dropped,
+                    flags: u32::from(link.span_context.trace_flags().to_u8()),
+                }
+            })
+            .collect();
+        trace::Span {
+            trace_id: sc.trace_id().to_bytes().to_vec(),
+            span_id: sc.span_id().to_bytes().to_vec(),
+            trace_state: sc.trace_state().header(),
+            parent_span_id: if span.parent_span_id == SpanId::INVALID {
+                Vec::new()
+            } else {
+                span.parent_span_id.to_bytes().to_vec()
+            },
+            flags,
+            name: span.name.into_owned(),
+            kind: span_kind(&span.span_kind) as i32,
+            start_time_unix_nano: unix_nanos(span.start_time),
+            end_time_unix_nano: unix_nanos(span.end_time),
+            attributes,
+            dropped_attributes_count: dropped_attributes,
+            events,
+            dropped_events_count,
+            links,
+            dropped_links_count,
+            status: Some(status(span.status)),
+        }
+    }
+
+    fn scope(&self, scope: &InstrumentationScope) -> common::InstrumentationScope {
+        let mut dropped = 0;
+        common::InstrumentationScope {
+            name: scope.name().to_owned(),
+            version: scope.version().unwrap_or_default().to_owned(),
+            attributes: self.attributes(scope.attributes().cloned(), &mut dropped),
+            dropped_attributes_count: dropped,
+        }
+    }
+
+    fn attributes(
+        &self,
+        attributes: impl IntoIterator<Item = KeyValue>,
+        dropped: &mut u32,
+    ) -> Vec<common::KeyValue> {
+        let mut out = Vec::new();
+        for kv in attributes {
+            if out.len() >= self.limits.count {
+                *dropped += 1;
+                continue;
+            }
+            out.push(common::KeyValue {
+                key: kv.key.into(),
+                value: Some(self.value(kv.value)),
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    fn value(&self, value: Value) -> common::AnyValue {
+        use common::any_value::Value as V;
+        let v = match value {
+            Value::Bool(b) => V::BoolValue(b),
+            Value::I64(i) => V::IntValue(i),
+            Value::F64(f) => V::DoubleValue(f),
+            Value::String(s) => V::StringValue(self.truncate(s.into())),
+            Value::Array(array) => V::ArrayValue(common::ArrayValue {
+                values: self.array(array),
+            }),
+            other => V::StringValue(self.truncate(other.to_string())),
+        };
+        common::AnyValue { value: Some(v) }
+    }
+
+    fn array(&self, array: Array) -> Vec<common::AnyValue> {
+        use common::any_value::Value as V;
+        let wrap = |v| common::AnyValue { value: Some(v) };
+        match array {
+            Array::Bool(values) => values.into_iter().map(|b| wrap(V::BoolValue(b))).collect(),
+            Array::I64(values) => values.into_iter().map(|i| wrap(V::IntValue(i))).collect(),
+            Array::F64(values) => values
+                .into_iter()
+                .map(|f| wrap(V::DoubleValue(f)))
+                .collect(),
+            Array::String(values) => values
+                .into_iter()
+                .map(|s| wrap(V::StringValue(self.truncate(s.into()))))
+                .collect(),
+            other => vec![wrap(V::StringValue(self.truncate(other.to_string())))],
+        }
+    }
+
+    /// Cuts a string to the value length limit, in characters, on a character boundary.
+    fn truncate(&self, mut s: String) -> String {
+        if let Some(limit) = self.limits.value_length
+            && s.len() > limit
+            && let Some((byte, _)) = s.char_indices().nth(limit)
+        {
+            s.truncate(byte);
+        }
+        s
+    }
+}
+
+fn span_kind(kind: &SpanKind) -> trace::span::SpanKind {
+    match kind {
+        SpanKind::Client => trace::span::SpanKind::Client,
+        SpanKind::Server => trace::span::SpanKind::Server,
+        SpanKind::Producer => trace::span::SpanKind::Producer,
+        SpanKind::Consumer => trace::span::SpanKind::Consumer,
+        SpanKind::Internal => trace::span::SpanKind::Internal,
+    }
+}
+
+fn status(status: Status) -> trace::Status {
+    match status {
+        Status::Unset => trace::Status::default(),
+        Status::Ok => trace::Status {
+            code: trace::status::StatusCode::Ok as i32,
+            message: String::new(),
+        },
+        Status::Error { description } => trace::Status {
+            code: trace::status::StatusCode::Error as i32,
+            message: description.into_owned(),
+        },
+    }
+}
+
+fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,137 @@
+//! `ActorSpanProcessor`: the SDK's view of the exporter.
+//!
+//! `on_end` is on the request path, so it does the least possible: check the queue bound (one
+//! atomic), then `try_send` the span to the actor. It never waits: when the exporter holds
+//! `OTEL_BSP_MAX_QUEUE_SIZE` spans, the span is dropped, counted, and the first drop is logged.
+//! Flush and shutdown are messages carrying their reply channel; only they wait, and only for a
+//! bounded time.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use opentelemetry::Context;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+
+use super::actor::{Enqueue, Flush, FlushReport, QueueGauge, Shutdown, SpanExportActor};
+use crate::telemetry::logging;
+use crate::telemetry::metrics::{self, SpanOutcome};
+
+/// Hands finished spans to the [`SpanExportActor`].
+#[derive(Debug)]
+pub struct ActorSpanProcessor {
+    addr: Addr<SpanExportActor>,
+    gauge: Arc<QueueGauge>,
+    max_queue_size: usize,
+    flush_timeout: Duration,
+    warned_full: AtomicBool,
+    shut_down: AtomicBool,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ActorSpanProcessor {
+    pub(super) fn new(
+        addr: Addr<SpanExportActor>,
+        gauge: Arc<QueueGauge>,
+        max_queue_size: usize,
+        flush_timeout: Duration,
+        thread: JoinHandle<()>,
+    ) -> Self {
+        Self {
+            addr,
+            gauge,
+            max_queue_size,
+            flush_timeout,
+            warned_full: AtomicBool::new(false),
+            shut_down: AtomicBool::new(false),
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    fn drop_full(&self) {
+        metrics::exporter_spans(SpanOutcome::DroppedQueueFull, 1);
+        if !self.warned_full.swap(true, Ordering::Relaxed) {
+            slog::warn!(logging::logger(), "span export queue is full; dropping spans until it drains";
+                "max_queue_size" => self.max_queue_size,
+            );
+        }
+    }
+
+    fn wait(
+        &self,
+        reply: std::sync::mpsc::Receiver<FlushReport>,
+        timeout: Duration,
+    ) -> Result<FlushReport, OTelSdkError> {
+        reply.recv_timeout(timeout).map_err(|e| match e {
+            std::sync::mpsc::RecvTimeoutError::Timeout => OTelSdkError::Timeout(timeout),
+            std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                OTelSdkError::InternalFailure("the export actor is gone".into())
+            }
+        })
+    }
+}
+
+impl SpanProcessor for ActorSpanProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() || self.shut_down.load(Ordering::Relaxed) {
+            return;
+        }
+        if !self.gauge.try_reserve(self.max_queue_size) {
+            self.drop_full();
+            return;
+        }
+        if self.addr.try_send(Enqueue(span)).is_err() {
+            self.gauge.release(1);
+            self.drop_full();
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        if self.shut_down.load(Ordering::Relaxed) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.addr.do_send(Flush(tx));
+        let report = self.wait(rx, self.flush_timeout)?;
+        if report.undelivered > 0 {
+            return Err(OTelSdkError::InternalFailure(format!(
+                "{} spans could not be exported",
+                report.undelivered
+            )));
+        }
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        if self.shut_down.swap(true, Ordering::AcqRel) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.addr.do_send(Shutdown {
+            deadline: Instant::now() + timeout,
+            reply: tx,
+        });
+        // The actor answers by the deadline itself; the margin only covers a wedged thread.
+        let report = self.wait(rx, timeout + Duration::from_secs(1))?;
+        if let Ok(mut thread) = self.thread.lock()
+            && let Some(thread) = thread.take()
+        {
+            let _ = thread.join();
+        }
+        if report.undelivered > 0 {
+            slog::warn!(logging::logger(), "spans lost at shutdown: the trace endpoint did not take them in time";
+                "spans" => report.undelivered,
+            );
+            return Err(OTelSdkError::InternalFailure(format!(
+                "{} spans lost at shutdown",
+                report.undelivered
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,349 @@
+//! The metrics of CONTRACT.md §5, in one registry, with the exemplars that lead to traces.
+//!
+//! Exposition is OpenMetrics (prometheus-client's encoder) when the scraper asks for
+//! `application/openmetrics-text`, which is how Prometheus gets exemplars; otherwise the classic
+//! Prometheus text format, derived from the same encoding by [`to_classic`].
+//!
+//! Label values are bounded: route templates (or `unmatched`), known methods (or `_OTHER`),
+//! status codes, table names from our own SQL.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use opentelemetry::trace::SpanContext;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    method: Cow<'static, str>,
+    route: Cow<'static, str>,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TraceExemplar {
+    trace_id: String,
+    span_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DbLabels {
+    operation: &'static str,
+    table: Cow<'static, str>,
+}
+
+/// `result` of `cache_requests_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    Error,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    operation: &'static str,
+    result: &'static str,
+}
+
+impl CacheResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            CacheResult::Hit => "hit",
+            CacheResult::Miss => "miss",
+            CacheResult::Error => "error",
+        }
+    }
+}
+
+/// `outcome` of `otel_exporter_spans_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpanOutcome {
+    /// Accepted by the endpoint.
+    Exported,
+    /// The exporter's queue was full when the span ended.
+    DroppedQueueFull,
+    /// The endpoint refused the batch for good (a non-retryable status or partial success).
+    DroppedRejected,
+    /// Retries ran out (deadline, shutdown) without the endpoint accepting the batch.
+    Failed,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+impl SpanOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            SpanOutcome::Exported => "exported",
+            SpanOutcome::DroppedQueueFull => "dropped_queue_full",
+            SpanOutcome::DroppedRejected => "dropped_rejected",
+            SpanOutcome::Failed => "failed",
+        }
+    }
+}
+
+struct Metrics {
+    registry: Registry,
+    http_duration: Family<HttpLabels, HistogramWithExemplars<TraceExemplar>>,
+    db_duration: Family<DbLabels, Histogram>,
+    cache_requests: Family<CacheLabels, Counter>,
+    exporter_spans: Family<OutcomeLabels, Counter>,
+    exporter_queue: Gauge,
+    exporter_export_duration: Histogram,
+    exporter_retries: Counter,
+}
+
+const HTTP_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const DB_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const EXPORT_BUCKETS: [f64; 13] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut registry = Registry::default();
+    let http_duration =
+        Family::<HttpLabels, HistogramWithExemplars<TraceExemplar>>::new_with_constructor(
+            (|| HistogramWithExemplars::new(HTTP_BUCKETS.into_iter())) as fn() -> _,
+        );
+    registry.register(
+        "http_server_request_duration_seconds",
+        "Duration of HTTP requests served, by route template",
+        http_duration.clone(),
+    );
+    let db_duration = Family::<DbLabels, Histogram>::new_with_constructor(
+        (|| Histogram::new(DB_BUCKETS)) as fn() -> _,
+    );
+    registry.register(
+        "db_client_operation_duration_seconds",
+        "Duration of Postgres statements, by operation and table",
+        db_duration.clone(),
+    );
+    let cache_requests = Family::<CacheLabels, Counter>::default();
+    registry.register(
+        "cache_requests",
+        "Redis cache operations: reads by hit or miss, and failures of any operation",
+        cache_requests.clone(),
+    );
+    let exporter_spans = Family::<OutcomeLabels, Counter>::default();
+    registry.register(
+        "otel_exporter_spans",
+        "Finished spans by what became of them in the exporter",
+        exporter_spans.clone(),
+    );
+    let exporter_queue = Gauge::default();
+    registry.register(
+        "otel_exporter_queue_spans",
+        "Finished spans waiting in the exporter (queued or being exported)",
+        exporter_queue.clone(),
+    );
+    let exporter_export_duration = Histogram::new(EXPORT_BUCKETS);
+    registry.register(
+        "otel_exporter_export_duration_seconds",
+        "Duration of one export of a batch, retries included",
+        exporter_export_duration.clone(),
+    );
+    let exporter_retries = Counter::default();
+    registry.register(
+        "otel_exporter_retries",
+        "Export attempts repeated after a retryable failure",
+        exporter_retries.clone(),
+    );
+    Metrics {
+        registry,
+        http_duration,
+        db_duration,
+        cache_requests,
+        exporter_spans,
+        exporter_queue,
+        exporter_export_duration,
+        exporter_retries,
+    }
+});
+
+/// Records a served request; a sampled request's ids become the exemplar.
+pub fn http_request(
+    method: &'static str,
+    route: Cow<'static, str>,
+    status: u16,
+    duration: Duration,
+    trace: Option<&SpanContext>,
+) {
+    let exemplar = trace.filter(|sc| sc.is_sampled()).map(|sc| TraceExemplar {
+        trace_id: sc.trace_id().to_string(),
+        span_id: sc.span_id().to_string(),
+    });
+    METRICS
+        .http_duration
+        .get_or_create(&HttpLabels {
+            method: Cow::Borrowed(method),
+            route,
+            status,
+        })
+        .observe(duration.as_secs_f64(), exemplar, None);
+}
+
+/// Records one Postgres statement.
+pub fn db_operation(operation: &'static str, table: &str, duration: Duration) {
+    let labels = DbLabels {
+        operation,
+        table: Cow::Owned(table.to_owned()),
+    };
+    METRICS
+        .db_duration
+        .get_or_create(&labels)
+        .observe(duration.as_secs_f64());
+}
+
+/// Counts a cache operation's result.
+pub fn cache_request(operation: &'static str, result: CacheResult) {
+    METRICS
+        .cache_requests
+        .get_or_create(&CacheLabels {
+            operation,
+            result: result.as_str(),
+        })
+        .inc();
+}
+
+/// Counts spans by outcome.
+pub fn exporter_spans(outcome: SpanOutcome, count: u64) {
+    if count > 0 {
+        METRICS
+            .exporter_spans
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc_by(count);
+    }
+}
+
+/// Sets the number of spans held by the exporter.
+pub fn exporter_queue(spans: usize) {
+    METRICS
+        .exporter_queue
+        .set(i64::try_from(spans).unwrap_or(i64::MAX));
+}
+
+/// Records one batch export, retries included.
+pub fn exporter_export_duration(duration: Duration) {
+    METRICS
+        .exporter_export_duration
+        .observe(duration.as_secs_f64());
+}
+
+/// Counts one retried export attempt.
+pub fn exporter_retry() {
+    METRICS.exporter_retries.inc();
+}
+
+/// The exposition: OpenMetrics (with exemplars) or the classic text format.
+pub fn encode(openmetrics: bool) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, &METRICS.registry);
+    if openmetrics { out } else { to_classic(&out) }
+}
+
+/// Converts prometheus-client's OpenMetrics text into the classic Prometheus text format
+/// (0.0.4): no exemplars, no `# UNIT`/`# EOF`, and counter families named with their `_total`
+/// samples.
+pub fn to_classic(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut counters: Vec<&str> = Vec::new();
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ")
+            && let Some(name) = rest.strip_suffix(" counter")
+        {
+            counters.push(name);
+        }
+    }
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+        {
+            let kind = &line[..7];
+            let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if counters.contains(&name) {
+                "_total"
+            } else {
+                ""
+            };
+            out.push_str(kind);
+            out.push_str(name);
+            out.push_str(suffix);
+            out.push(' ');
+            out.push_str(tail);
+            out.push('\n');
+            continue;
+        }
+        out.push_str(strip_exemplar(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// A sample line without its ` # {…} value` exemplar. Label values are quoted and may hold
+/// `#`, so the exemplar marker is only looked for after the label set.
+fn strip_exemplar(line: &str) -> &str {
+    let after_labels = match line.find('{') {
+        Some(open) => {
+            let mut in_quotes = false;
+            let mut escaped = false;
+            let mut close = None;
+            for (i, c) in line[open..].char_indices() {
+                match c {
+                    _ if escaped => escaped = false,
+                    '\\' => escaped = true,
+                    '"' => in_quotes = !in_quotes,
+                    '}' if !in_quotes => {
+                        close = Some(open + i);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            match close {
+                Some(c) => c,
+                None => return line,
+            }
+        }
+        None => 0,
+    };
+    match line[after_labels..].find(" # ") {
+        Some(i) => &line[..after_labels + i],
+        None => line,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classic_format_has_no_openmetrics_only_parts() {
+        let om = "# HELP cache_requests Redis.\n# TYPE cache_requests counter\ncache_requests_total{operation=\"GET\",result=\"hit\"} 3\n# HELP h Latency.\n# TYPE h histogram\n# UNIT h seconds\nh_bucket{route=\"/a#b\",le=\"0.5\"} 1 # {trace_id=\"abc\"} 0.2\nh_sum 0.2\n# EOF\n";
+        let classic = to_classic(om);
+        assert_eq!(
+            classic,
+            "# HELP cache_requests_total Redis.\n# TYPE cache_requests_total counter\ncache_requests_total{operation=\"GET\",result=\"hit\"} 3\n# HELP h Latency.\n# TYPE h histogram\nh_bucket{route=\"/a#b\",le=\"0.5\"} 1\nh_sum 0.2\n"
+        );
+    }
+}

@@ -1,0 +1,208 @@
+//! The SERVER span of every request, its access line and its latency observation.
+//!
+//! [`SidechainRootSpan`] plugs into `tracing-actix-web`'s `TracingLogger`:
+//!
+//! ```text
+//!  request ─▶ on_request_start: span "{METHOD} {route}", parent from traceparent, start time
+//!          ─▶ handler (records user.id, feed.type through the request's RootSpan)
+//!          ─▶ on_request_end: status, ERROR + exception event on 5xx,
+//!                             access line (root span's ids), http_server_request_duration_seconds
+//! ```
+//!
+//! Names and labels use the route template (`/api/v1/posts/{id}`), never the raw path; a request
+//! that matches no route is named by its method alone and labelled `unmatched`.
+
+use std::borrow::Cow;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::Method;
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{Error, HttpMessage, HttpRequest};
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Status, TraceContextExt};
+use tracing::Span;
+use tracing::field::Empty;
+use tracing_actix_web::{RootSpan, RootSpanBuilder};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
+
+use crate::errors::AppError;
+use crate::telemetry::{logging, metrics, propagation};
+
+/// Our `RootSpanBuilder`: contract names (CONTRACT.md §3) on the SERVER span.
+pub struct SidechainRootSpan;
+
+/// What the end of a request needs from its start.
+struct RequestStart {
+    at: Instant,
+    method: &'static str,
+    route: Option<String>,
+}
+
+/// The authenticated user of a request, for the access line.
+#[derive(Clone, Copy)]
+struct RequestUser(Uuid);
+
+/// Label for requests that match no route.
+const UNMATCHED: &str = "unmatched";
+
+/// The method as semantic conventions want it: a known method, or `_OTHER` (arbitrary methods
+/// must not become span names or label values).
+fn known_method(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "_OTHER",
+    }
+}
+
+impl RootSpanBuilder for SidechainRootSpan {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let method = known_method(request.method());
+        let route = request.match_pattern();
+        let user_agent = request
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let client_address = request.peer_addr().map(|a| a.ip().to_string());
+        let span = tracing::info_span!(
+            "HTTP request",
+            otel.name = match &route {
+                Some(route) => format!("{method} {route}"),
+                None => method.to_owned(),
+            },
+            otel.kind = "server",
+            http.request.method = method,
+            http.route = route.as_deref(),
+            url.path = request.path(),
+            url.scheme = request.connection_info().scheme(),
+            client.address = client_address.as_deref(),
+            user_agent.original = user_agent,
+            http.response.status_code = Empty,
+            user.id = Empty,
+            feed.type = Empty,
+            otel.status_code = Empty,
+            error.type = Empty,
+        );
+        let parent = propagation::extract_parent(request.headers());
+        if parent.span().span_context().is_valid() {
+            let _ = span.set_parent(parent);
+        }
+        request.extensions_mut().insert(RequestStart {
+            at: Instant::now(),
+            method,
+            route,
+        });
+        span
+    }
+
+    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        let (status, error, request) = match outcome {
+            Ok(response) => (
+                response.status(),
+                response.response().error(),
+                Some(response.request()),
+            ),
+            Err(error) => (error.as_response_error().status_code(), Some(error), None),
+        };
+        span.record("http.response.status_code", status.as_u16());
+        if status.is_server_error() {
+            span.record("otel.status_code", "ERROR");
+            span.record("error.type", status.as_str());
+            // The exception event says what failed, not why in detail: the cause chain may hold
+            // values, so it goes to the log line (which carries this trace id) instead.
+            let (kind, message) = match error.and_then(|e| e.as_error::<AppError>()) {
+                Some(app) => (app.kind().to_owned(), app.to_string()),
+                None => (
+                    "http".to_owned(),
+                    status
+                        .canonical_reason()
+                        .unwrap_or("server error")
+                        .to_owned(),
+                ),
+            };
+            span.set_status(Status::error(message.clone()));
+            span.add_event(
+                "exception",
+                vec![
+                    KeyValue::new("exception.type", kind),
+                    KeyValue::new("exception.message", message),
+                ],
+            );
+        }
+
+        let Some(request) = request else {
+            return;
+        };
+        let extensions = request.extensions();
+        let Some(start) = extensions.get::<RequestStart>() else {
+            return;
+        };
+        let elapsed = start.at.elapsed();
+        let user = extensions.get::<RequestUser>().map(|u| u.0);
+        let span_context = propagation::span_context_of(&span);
+        let route_label: Cow<'static, str> = match &start.route {
+            Some(route) => Cow::Owned(route.clone()),
+            None => Cow::Borrowed(UNMATCHED),
+        };
+        slog::info!(logging::logger(), "request completed";
+            "method" => start.method,
+            "route" => &*route_label,
+            "path" => request.path(),
+            "status" => status.as_u16(),
+            "duration_ms" => (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            "user_id" => user.map(|u| u.to_string()),
+        );
+        metrics::http_request(
+            start.method,
+            route_label,
+            status.as_u16(),
+            elapsed,
+            span_context.as_ref(),
+        );
+    }
+}
+
+/// Records the authenticated user on the request's root span and access line.
+pub fn record_user(request: &HttpRequest, user_id: Uuid) {
+    if let Some(root) = request.extensions().get::<RootSpan>() {
+        root.record("user.id", user_id.to_string());
+    }
+    request.extensions_mut().insert(RequestUser(user_id));
+}
+
+/// Records the feed type on the request's root span.
+pub fn record_feed_type(request: &HttpRequest, feed_type: &'static str) {
+    if let Some(root) = request.extensions().get::<RootSpan>() {
+        root.record("feed.type", feed_type);
+    }
+}
+
+/// Middleware (inside `TracingLogger`) adding the W3C `traceresponse` header of the request's
+/// root span to every traced response.
+pub async fn traceresponse_header(
+    request: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let root = request.extensions().get::<RootSpan>().cloned();
+    let mut response = next.call(request).await?;
+    if let Some(sc) = root.and_then(|root| propagation::span_context_of(&root))
+        && let Ok(value) = HeaderValue::from_str(&propagation::traceresponse(&sc))
+    {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("traceresponse"), value);
+    }
+    Ok(response)
+}
