@@ -1,1 +1,9 @@
-pub fn placeholder() {}
+pub mod cache;
+pub mod clients;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod errors;
+pub mod routes;
+pub mod startup;
+pub mod telemetry;

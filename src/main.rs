@@ -1,1 +1,41 @@
-fn main() {}
+use std::process::ExitCode;
+
+use sidechain::config::Settings;
+use sidechain::errors::ErrorChain;
+use sidechain::startup::Application;
+use sidechain::telemetry::{self, TelemetryOptions, logging};
+
+fn main() -> ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("sidechain: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let telemetry = match telemetry::init(&settings, TelemetryOptions::default()) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("sidechain: telemetry: {err}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let served = actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped().await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    });
+    let code = match served {
+        Ok(()) => {
+            slog::info!(logging::logger(), "server stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            slog::error!(logging::logger(), "start-up failed"; "error" => %ErrorChain(err.as_ref()));
+            ExitCode::FAILURE
+        }
+    };
+    telemetry.shutdown();
+    code
+}

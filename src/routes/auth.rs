@@ -1,0 +1,186 @@
+//! Registration, login, and the bearer-token extractor.
+
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::State;
+use super::json::{AccountJson, AuthJson};
+use crate::db::models::NewUser;
+use crate::db::queries::{tokens, users};
+use crate::domain::credentials::{self, token_digest};
+use crate::domain::{Email, Password, Username};
+use crate::errors::{AppError, ErrorBody};
+use crate::telemetry::propagation::spawn_blocking_in_span;
+use crate::telemetry::root_span;
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct RegisterRequest {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginRequest {
+    /// Username or email.
+    pub login: String,
+    pub password: String,
+}
+
+/// Creates an account and a first token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/register",
+    tag = "auth",
+    request_body = RegisterRequest,
+    responses(
+        (status = 201, description = "Registered", body = AuthJson),
+        (status = 400, description = "Invalid username, email or password", body = ErrorBody),
+        (status = 409, description = "Username or email taken", body = ErrorBody),
+    )
+)]
+pub async fn register(
+    state: State,
+    body: web::Json<RegisterRequest>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    let username = Username::parse(&body.username)?;
+    let email = Email::parse(&body.email)?;
+    let password = Password::parse(&body.password)?;
+
+    let hash = spawn_blocking_in_span(move || credentials::hash_password(&password))
+        .await
+        .map_err(|e| AppError::internal("password hashing", e))?
+        .map_err(|e| AppError::internal("password hashing", e.to_string()))?;
+    let token = credentials::new_token()
+        .map_err(|e| AppError::internal("token generation", e.to_string()))?;
+    let digest = token_digest(&token);
+    let expires_at = Utc::now() + state.token_ttl;
+
+    let user = state
+        .db
+        .run(move |conn| {
+            conn.build_transaction().run(|conn| {
+                let user = users::insert(
+                    conn,
+                    &NewUser {
+                        id: Uuid::new_v4(),
+                        username: username.as_str(),
+                        email: email.as_str(),
+                        password_hash: &hash,
+                    },
+                )?;
+                tokens::insert(conn, &digest, user.id, expires_at)?;
+                Ok(user)
+            })
+        })
+        .await?;
+    Ok(HttpResponse::Created().json(AuthJson {
+        user: AccountJson::from(user),
+        token,
+    }))
+}
+
+/// Exchanges a username (or email) and password for a new token.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/login",
+    tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "Logged in", body = AuthJson),
+        (status = 401, description = "Wrong credentials", body = ErrorBody),
+    )
+)]
+pub async fn login(state: State, body: web::Json<LoginRequest>) -> Result<HttpResponse, AppError> {
+    let LoginRequest { login, password } = body.into_inner();
+    let invalid = || AppError::Unauthorized {
+        code: "invalid_credentials",
+        message: "wrong username, email or password",
+    };
+    if login.is_empty() || login.len() > 254 || password.is_empty() || password.len() > 1024 {
+        return Err(invalid());
+    }
+    let user = state
+        .db
+        .run(move |conn| users::find_by_login(conn, &login))
+        .await?;
+    let verified = spawn_blocking_in_span(move || match user {
+        Some(user) if credentials::verify_password(&password, &user.password_hash) => Some(user),
+        Some(_) => None,
+        None => {
+            credentials::verify_against_nothing(&password);
+            None
+        }
+    })
+    .await
+    .map_err(|e| AppError::internal("password verification", e))?;
+    let user = verified.ok_or_else(invalid)?;
+
+    let token = credentials::new_token()
+        .map_err(|e| AppError::internal("token generation", e.to_string()))?;
+    let digest = token_digest(&token);
+    let expires_at = Utc::now() + state.token_ttl;
+    let user_id = user.id;
+    state
+        .db
+        .run(move |conn| tokens::insert(conn, &digest, user_id, expires_at))
+        .await?;
+    Ok(HttpResponse::Ok().json(AuthJson {
+        user: AccountJson::from(user),
+        token,
+    }))
+}
+
+/// The caller, proven by a valid `Authorization: Bearer <token>`; 401 otherwise. Extracting it
+/// records `user.id` on the request's span and access line.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub id: Uuid,
+    pub username: String,
+}
+
+impl Authenticated {
+    /// Checks the request's bearer token.
+    pub async fn from_http(req: &HttpRequest) -> Result<Self, AppError> {
+        let token = bearer_token(req).ok_or_else(AppError::unauthorized)?;
+        let state = req
+            .app_data::<State>()
+            .ok_or_else(|| AppError::internal("auth", "application state missing"))?;
+        let digest = token_digest(token);
+        let (id, username) = state
+            .db
+            .run(move |conn| tokens::user_for(conn, &digest))
+            .await?
+            .ok_or_else(AppError::unauthorized)?;
+        root_span::record_user(req, id);
+        Ok(Self { id, username })
+    }
+}
+
+impl FromRequest for Authenticated {
+    type Error = AppError;
+    type Future = std::pin::Pin<Box<dyn Future<Output = Result<Self, AppError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { Self::from_http(&req).await })
+    }
+}
+
+/// The token of an `Authorization: Bearer …` header, if well-formed.
+fn bearer_token(req: &HttpRequest) -> Option<&str> {
+    let value = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 256)
+        .then_some(token)
+}

@@ -1,0 +1,189 @@
+//! The unified feed: four orderings behind one route, cached in Redis.
+//!
+//! ```text
+//!  GET /api/v1/feed/unified?type=…  ─▶ parse (400) ─▶ token if per-user (401)
+//!     ─▶ Redis: feed version ─▶ page at that version? ── hit ──▶ 200 (cached JSON)
+//!                                   └─ miss ─▶ Postgres (recommended: recommender first,
+//!                                              trending when it cannot answer) ─▶ SETEX ─▶ 200
+//! ```
+//!
+//! Redis failures are misses: the feed is then served from Postgres.
+
+use std::time::Duration;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use chrono::Utc;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use super::State;
+use super::auth::Authenticated;
+use super::json::{FeedJson, PostJson};
+use crate::cache::feed::PageKey;
+use crate::db::models::PostWithAuthor;
+use crate::db::queries::{Page, feed};
+use crate::domain::{Cursor, FeedKind, Limit};
+use crate::errors::{AppError, ErrorBody};
+use crate::telemetry::{logging, root_span};
+
+/// How far back trending looks.
+const TRENDING_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FeedParams {
+    /// `timeline` (token), `global` (default), `trending` or `recommended` (token).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub kind: Option<String>,
+    /// Page size, 1–100 (default 20).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of a feed.
+#[utoipa::path(
+    get,
+    path = "/api/v1/feed/unified",
+    tag = "feed",
+    params(FeedParams),
+    security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of the feed", body = FeedJson),
+        (status = 400, description = "Bad type, limit or cursor", body = ErrorBody),
+        (status = 401, description = "Timeline and recommended need a token", body = ErrorBody),
+    )
+)]
+pub async fn unified(
+    req: HttpRequest,
+    state: State,
+    query: web::Query<FeedParams>,
+) -> Result<HttpResponse, AppError> {
+    let kind: FeedKind = query.kind.as_deref().unwrap_or("global").parse()?;
+    root_span::record_feed_type(&req, kind.as_str());
+    let limit = Limit::parse(query.limit.as_deref())?;
+    let cursor = Cursor::parse(query.cursor.as_deref())?;
+    let user = if kind.needs_user() {
+        Some(Authenticated::from_http(&req).await?.id)
+    } else {
+        None
+    };
+
+    let key = PageKey {
+        kind,
+        user,
+        limit,
+        cursor,
+    };
+    let version = state.feeds.version().await;
+    if let Some(version) = version
+        && let Some(json) = state.feeds.get(version, &key).await
+    {
+        return Ok(json_response(json));
+    }
+
+    let page = build(&state, kind, user, cursor, limit).await?;
+    let json = serde_json::to_string(&page).map_err(|e| AppError::internal("feed encoding", e))?;
+    // A fallback page is not what `recommended` means: only cache what was asked for.
+    if let Some(version) = version.filter(|_| page.kind == kind.as_str()) {
+        state.feeds.put(version, &key, json.clone()).await;
+    }
+    Ok(json_response(json))
+}
+
+fn json_response(json: String) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(actix_web::http::header::ContentType::json())
+        .body(json)
+}
+
+async fn build(
+    state: &State,
+    kind: FeedKind,
+    user: Option<Uuid>,
+    cursor: Option<Cursor>,
+    limit: Limit,
+) -> Result<FeedJson, AppError> {
+    let page = match (kind, user) {
+        (FeedKind::Global, _) => {
+            state
+                .db
+                .run(move |c| feed::global(c, cursor, limit))
+                .await?
+        }
+        (FeedKind::Timeline, Some(user)) => {
+            state
+                .db
+                .run(move |c| feed::timeline(c, user, cursor, limit))
+                .await?
+        }
+        (FeedKind::Recommended, Some(user)) => {
+            if let Some(page) = recommended(state, user, cursor, limit).await? {
+                return Ok(feed_json(page, FeedKind::Recommended));
+            }
+            // A trending cursor means the previous page was already a fallback: go on with it.
+            let cursor = cursor.filter(|c| matches!(c, Cursor::Likes { .. }));
+            return trending(state, cursor, limit).await;
+        }
+        (FeedKind::Trending, _) => return trending(state, cursor, limit).await,
+        (FeedKind::Timeline | FeedKind::Recommended, None) => return Err(AppError::unauthorized()),
+    };
+    Ok(feed_json(page, kind))
+}
+
+async fn trending(
+    state: &State,
+    cursor: Option<Cursor>,
+    limit: Limit,
+) -> Result<FeedJson, AppError> {
+    let since = Utc::now() - TRENDING_WINDOW;
+    let page = state
+        .db
+        .run(move |c| feed::trending(c, since, cursor, limit))
+        .await?;
+    Ok(feed_json(page, FeedKind::Trending))
+}
+
+/// The recommender's page, or `None` when there is no recommender, it fails or is too slow,
+/// or the cursor is not one of its pages.
+async fn recommended(
+    state: &State,
+    user: Uuid,
+    cursor: Option<Cursor>,
+    limit: Limit,
+) -> Result<Option<Page<PostWithAuthor>>, AppError> {
+    let Some(recommender) = &state.recommender else {
+        return Ok(None);
+    };
+    let offset = match cursor {
+        None => 0,
+        Some(Cursor::Offset(n)) => n,
+        Some(_) => return Ok(None),
+    };
+    let ids = match recommender.recommend(user, limit.get() + 1, offset).await {
+        Ok(ids) => ids,
+        Err(err) => {
+            slog::warn!(logging::logger(), "recommender unavailable, serving trending instead";
+                "error" => %err,
+            );
+            return Ok(None);
+        }
+    };
+    let has_more = ids.len() > limit.get() as usize;
+    let ids: Vec<Uuid> = ids.into_iter().take(limit.get() as usize).collect();
+    let items = state.db.run(move |c| feed::by_ids(c, &ids)).await?;
+    Ok(Some(Page {
+        items,
+        next: has_more.then(|| Cursor::Offset(offset + limit.get())),
+    }))
+}
+
+fn feed_json(page: Page<PostWithAuthor>, kind: FeedKind) -> FeedJson {
+    FeedJson {
+        next_cursor: page.next.map(|c| c.encode()),
+        items: page.items.into_iter().map(PostJson::from).collect(),
+        kind: kind.as_str(),
+    }
+}

@@ -1,0 +1,75 @@
+//! Liveness, readiness and metrics.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::State;
+use crate::telemetry::metrics;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthJson {
+    /// Always `ok`.
+    pub status: &'static str,
+}
+
+/// Liveness: answers without touching anything.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Alive", body = HealthJson)))]
+pub async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(HealthJson { status: "ok" })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReadyJson {
+    /// `ok` or `down`.
+    pub postgres: &'static str,
+    /// `ok` or `down`.
+    pub redis: &'static str,
+}
+
+/// Readiness: Postgres and Redis both answer.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = ReadyJson),
+        (status = 503, description = "A dependency is down", body = ReadyJson),
+    ))]
+pub async fn ready(state: State) -> HttpResponse {
+    let (postgres, redis) = tokio::join!(state.db.ping(), state.cache.ping());
+    let word = |ok: bool| if ok { "ok" } else { "down" };
+    let body = ReadyJson {
+        postgres: word(postgres.is_ok()),
+        redis: word(redis.is_ok()),
+    };
+    if postgres.is_ok() && redis.is_ok() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+/// Prometheus exposition: OpenMetrics with exemplars when asked for, classic text otherwise.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
+pub async fn metrics(req: HttpRequest) -> HttpResponse {
+    let openmetrics = req
+        .headers()
+        .get_all(header::ACCEPT)
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let (body, content_type) = if openmetrics {
+        (
+            metrics::encode(true),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            metrics::encode(false),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .body(body)
+}

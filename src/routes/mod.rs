@@ -1,0 +1,55 @@
+//! HTTP handlers, one module per resource, and what they share: the application state, the
+//! JSON shapes of responses, and the extractors that turn raw input into domain values.
+
+pub mod auth;
+pub mod comments;
+pub mod docs;
+pub mod feed;
+pub mod health;
+pub mod json;
+pub mod posts;
+pub mod search;
+pub mod tracecontext;
+pub mod users;
+
+use std::time::Duration;
+
+use actix_web::web;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use uuid::Uuid;
+
+use crate::cache::Cache;
+use crate::cache::feed::FeedCache;
+use crate::clients::http::TracedClient;
+use crate::clients::recommender::RecommenderClient;
+use crate::db::Db;
+use crate::errors::AppError;
+
+/// Everything handlers share. Cheap to clone: pools and clients are handles.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub cache: Cache,
+    pub feeds: FeedCache,
+    pub recommender: Option<RecommenderClient>,
+    pub http: TracedClient,
+    pub token_ttl: Duration,
+}
+
+pub type State = web::Data<AppState>;
+
+/// A post or comment id from the path. Something that is not a UUID names nothing: 404.
+pub fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, AppError> {
+    Uuid::try_parse(raw).map_err(|_| AppError::NotFound(what))
+}
+
+/// `?limit=&cursor=` of paginated listings, as raw strings so that bad values get our 400s.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1–100 (default 20).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}

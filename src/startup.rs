@@ -1,0 +1,183 @@
+//! `Application`: the pools, the clients, the HTTP server and the one route table.
+//!
+//! `build` binds the listener itself, so tests bind port 0 and read the real port back.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use tracing_actix_web::TracingLogger;
+
+use crate::cache::Cache;
+use crate::cache::feed::FeedCache;
+use crate::clients::http::TracedClient;
+use crate::clients::recommender::RecommenderClient;
+use crate::config::Settings;
+use crate::db::{Db, DbStartupError};
+use crate::errors::AppError;
+use crate::routes::{self, AppState};
+use crate::telemetry::logging;
+use crate::telemetry::root_span::{SidechainRootSpan, traceresponse_header};
+
+/// The request body limit (CONTRACT.md §2).
+pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// Bound on outgoing calls that set no timeout of their own.
+const HTTP_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Start-up failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Database(#[from] DbStartupError),
+    #[error("invalid REDIS_URL: {0}")]
+    Redis(#[from] deadpool_redis::CreatePoolError),
+    #[error("could not build the HTTP client: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("could not listen on BIND_ADDR: {0}")]
+    Bind(#[from] std::io::Error),
+}
+
+/// The running service.
+pub struct Application {
+    port: u16,
+    server: Server,
+}
+
+impl Application {
+    /// Connects to Postgres (creating and migrating the database), prepares Redis and the
+    /// clients, binds the listener and starts serving.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let db = Db::connect(&settings.database).await?;
+        let cache = Cache::new(&settings.redis)?;
+        let http = TracedClient::new(HTTP_CLIENT_TIMEOUT)?;
+        let recommender = settings
+            .recommender
+            .as_ref()
+            .map(|r| RecommenderClient::new(http.clone(), r.base_url.clone(), r.timeout));
+        let state = AppState {
+            db,
+            feeds: FeedCache::new(cache.clone(), settings.feed_cache_ttl),
+            cache,
+            recommender,
+            http,
+            token_ttl: settings.token_ttl,
+        };
+
+        let listener = TcpListener::bind(settings.bind_addr)?;
+        let address = listener.local_addr()?;
+        let test_endpoint = settings.tracecontext_test_endpoint;
+        let state = web::Data::new(state);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(json_config())
+                .app_data(query_config())
+                .app_data(web::PayloadConfig::new(BODY_LIMIT))
+                // Inner first: `traceresponse` is added inside the root span.
+                .wrap(from_fn(traceresponse_header))
+                .wrap(TracingLogger::<SidechainRootSpan>::new())
+                .configure(|cfg| route_table(cfg, test_endpoint))
+                .default_service(web::to(not_found))
+        })
+        .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        .listen(listener)?
+        .run();
+        slog::info!(logging::logger(), "listening"; "address" => %address);
+        Ok(Self {
+            port: address.port(),
+            server,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGTERM/SIGINT (then finishes in-flight requests) or a stop through the
+    /// server handle.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        self.server.await
+    }
+
+    /// A handle to stop the server from elsewhere (tests).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+}
+
+/// Every route of CONTRACT.md §2. Each resource answers other methods with a JSON 405.
+fn route_table(cfg: &mut web::ServiceConfig, tracecontext_test_endpoint: bool) {
+    use routes::{auth, comments, docs, feed, health, posts, search, users};
+
+    cfg.service(resource("/health").route(web::get().to(health::health)))
+        .service(resource("/ready").route(web::get().to(health::ready)))
+        .service(resource("/metrics").route(web::get().to(health::metrics)))
+        .service(resource("/api-docs/openapi.json").route(web::get().to(docs::openapi_json)))
+        .service(
+            web::scope("/api/v1")
+                .service(resource("/auth/register").route(web::post().to(auth::register)))
+                .service(resource("/auth/login").route(web::post().to(auth::login)))
+                .service(resource("/users/{username}").route(web::get().to(users::profile)))
+                .service(resource("/users/{username}/posts").route(web::get().to(users::posts_of)))
+                .service(
+                    resource("/users/{username}/follow")
+                        .route(web::post().to(users::follow))
+                        .route(web::delete().to(users::unfollow)),
+                )
+                .service(resource("/posts").route(web::post().to(posts::create)))
+                .service(
+                    resource("/posts/{id}")
+                        .route(web::get().to(posts::get))
+                        .route(web::delete().to(posts::delete)),
+                )
+                .service(
+                    resource("/posts/{id}/like")
+                        .route(web::post().to(posts::like))
+                        .route(web::delete().to(posts::unlike)),
+                )
+                .service(
+                    resource("/posts/{id}/comments")
+                        .route(web::post().to(comments::create))
+                        .route(web::get().to(comments::list)),
+                )
+                .service(resource("/feed/unified").route(web::get().to(feed::unified)))
+                .service(resource("/search").route(web::get().to(search::search)))
+                .default_service(web::to(not_found)),
+        );
+    if tracecontext_test_endpoint {
+        cfg.service(resource("/test").route(web::post().to(routes::tracecontext::run)));
+    }
+}
+
+fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(method_not_allowed))
+}
+
+async fn not_found() -> Result<HttpResponse, AppError> {
+    Err(AppError::NotFound("route"))
+}
+
+async fn method_not_allowed() -> Result<HttpResponse, AppError> {
+    Err(AppError::MethodNotAllowed)
+}
+
+fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(BODY_LIMIT)
+        // A body without a content type is still read as JSON; a wrong one is a 415.
+        .content_type_required(false)
+        .error_handler(|err, _req| AppError::from(err).into())
+}
+
+fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _req| {
+        AppError::bad_request(
+            "invalid_query_string",
+            format!("invalid query string: {err}"),
+        )
+        .into()
+    })
+}
