@@ -1,4 +1,26 @@
 # Sidechain backend: developer entry points.
+#
+#   make run    Postgres and Redis on localhost (started if installed but stopped), then the
+#               backend in release mode on :8787
+#   make test   the same services, then the whole test suite
+
+.DEFAULT_GOAL := run
+
+.PHONY: run test lint bench-exporter bench-overhead
+
+run:
+	@if [ -z "$${DATABASE_URL:-}" ] && [ -z "$${REDIS_URL:-}" ]; then scripts/local-services.sh; fi
+	cargo run --release --bin sidechain
+
+# Each test runs in its own process (nextest), so each installs its own telemetry pipeline.
+test:
+	scripts/local-services.sh
+	cargo nextest run --no-fail-fast
+	cargo bench --no-run
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
 
 # --- dev stack (docker compose) ---
 # dev-stack:start

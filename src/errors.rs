@@ -200,10 +200,11 @@ pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
 
 impl fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        // Trimmed: Postgres ends its messages with a newline.
+        write!(f, "{}", self.0.to_string().trim_end())?;
         let mut source = self.0.source();
         while let Some(cause) = source {
-            write!(f, ": {cause}")?;
+            write!(f, ": {}", cause.to_string().trim_end())?;
             source = cause.source();
         }
         Ok(())

@@ -167,8 +167,7 @@ async fn method_not_allowed() -> Result<HttpResponse, AppError> {
 fn json_config() -> web::JsonConfig {
     web::JsonConfig::default()
         .limit(BODY_LIMIT)
-        // A body without a content type is still read as JSON; a wrong one is a 415.
-        .content_type_required(false)
+        // Bodies must say they are JSON (`application/json` or `+json`); others are a 415.
         .error_handler(|err, _req| AppError::from(err).into())
 }
 

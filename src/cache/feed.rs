@@ -7,6 +7,9 @@ use uuid::Uuid;
 use super::{Cache, CacheKey};
 use crate::domain::{Cursor, FeedKind, Limit};
 
+/// How long the version key outlives the last write (see the module docs of `cache`).
+const VERSION_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// Reads and writes cached feed pages.
 #[derive(Clone)]
 pub struct FeedCache {
@@ -76,6 +79,9 @@ impl FeedCache {
     /// If Redis is down the bump is lost, but then pages could not be cached either, and old
     /// ones expire within the TTL.
     pub async fn invalidate(&self) {
-        let _ = self.cache.incr(&self.version_key()).await;
+        let _ = self
+            .cache
+            .incr(&self.version_key(), VERSION_TTL.max(self.ttl * 10))
+            .await;
     }
 }

@@ -4,12 +4,14 @@
 //!
 //! | key | value | written by |
 //! | --- | --- | --- |
-//! | `feed:version` | integer, `INCR`ed by every write that changes what a feed shows | posts, likes, comments, follows |
+//! | `feed:version` | integer, `INCR`ed by every write that changes what a feed shows; expires a day after the last write | posts, likes, comments, follows |
 //! | `feed:v{version}:{type}:{user or -}:{limit}:{cursor or -}` | a feed page, JSON; `SETEX` `FEED_CACHE_TTL_S` | the feed route |
 //!
 //! Invalidation is by versioning: a write bumps `feed:version`, so the next read builds a key
 //! nobody has written yet and misses; stale pages are never read again and expire by TTL. A new
-//! post or like therefore shows up at once, not after the TTL.
+//! post or like therefore shows up at once, not after the TTL. The version key itself expires a
+//! day after the last write (far longer than any page lives), so that when it restarts from 0
+//! no page of an earlier 0 can still exist.
 //!
 //! Redis is an optimisation here, never a dependency: every operation is bounded by
 //! `REDIS_TIMEOUT_MS`, and callers treat a [`CacheError`] as a miss.
@@ -140,13 +142,21 @@ impl Cache {
         result
     }
 
-    /// `INCR`: returns the new value.
-    pub async fn incr(&self, key: &CacheKey) -> Result<i64, CacheError> {
+    /// `INCR` and `EXPIRE` in one round trip: returns the new value.
+    pub async fn incr(&self, key: &CacheKey, ttl: Duration) -> Result<i64, CacheError> {
         let span = cache_span("INCR", key);
         let result = self
             .command(&span, |mut conn| {
                 let k = key.full.clone();
-                async move { conn.incr::<_, _, i64>(k, 1).await }
+                async move {
+                    let (value,): (i64,) = redis::pipe()
+                        .incr(&k, 1)
+                        .expire(&k, ttl.as_secs().max(1) as i64)
+                        .ignore()
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok(value)
+                }
             })
             .await;
         if result.is_err() {

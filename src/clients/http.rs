@@ -70,7 +70,7 @@ impl TracedClient {
             http.request.method = method.as_str(),
             url.full = redact_url(url).as_str(),
             server.address = url.host_str().unwrap_or_default(),
-            server.port = url.port_or_known_default().unwrap_or(0),
+            server.port = i64::from(url.port_or_known_default().unwrap_or(0)),
             http.response.status_code = Empty,
             otel.status_code = Empty,
             error.type = Empty,
@@ -80,7 +80,7 @@ impl TracedClient {
         match result {
             Ok(response) => {
                 let status = response.status();
-                span.record("http.response.status_code", status.as_u16());
+                span.record("http.response.status_code", i64::from(status.as_u16()));
                 if status.is_client_error() || status.is_server_error() {
                     span.record("otel.status_code", "ERROR");
                     span.record("error.type", status.as_str());

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use diesel::connection::Connection;
 use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+use diesel::r2d2::{ConnectionManager, ManageConnection, Pool};
 use diesel::{QueryableByName, RunQueryDsl};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use url::Url;
@@ -37,7 +37,7 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// Arbitrary constant naming the advisory lock that serialises migrations between replicas.
 const MIGRATION_LOCK_ID: i64 = 0x5349_4445_4348_4149; // "SIDECHAI"
 
-type PgPool = Pool<ConnectionManager<PgConnection>>;
+type PgPool = Pool<InstrumentedManager>;
 
 /// The database handle shared by all handlers.
 #[derive(Clone)]
@@ -84,16 +84,17 @@ impl Db {
         let mut conn = wait_for_database(settings, &url, &name)?;
         migrate(&mut conn)?;
 
-        let target = DbTarget::from_url(&url);
-        let manager = ConnectionManager::<PgConnection>::new(&settings.url);
+        let manager = InstrumentedManager {
+            inner: ConnectionManager::new(&settings.url),
+            target: DbTarget::from_url(&url),
+        };
         let pool = Pool::builder()
             .max_size(settings.pool_size)
             .min_idle(Some(settings.pool_size.min(2)))
             .connection_timeout(settings.pool_timeout)
-            // A checkout test is one more round trip (and span) per query; broken connections
-            // are noticed by Diesel itself and dropped by r2d2.
+            // A checkout test is one more round trip (and span) per call; a connection whose
+            // server went away is noticed by its instrumentation instead, and discarded.
             .test_on_check_out(false)
-            .connection_customizer(Box::new(InstrumentOnAcquire(target)))
             .build_unchecked(manager);
         Ok(Db { pool })
     }
@@ -126,14 +127,36 @@ impl Db {
     }
 }
 
-/// Gives each new pooled connection its query instrumentation.
+/// Diesel's connection manager, plus: each new connection gets its [`QueryInstrumentation`],
+/// and a connection that lost its server is discarded when it returns to the pool. (Diesel
+/// only calls a connection broken when its transaction state is; a connection whose backend
+/// was terminated would otherwise be handed out, and fail, forever.)
 #[derive(Debug)]
-struct InstrumentOnAcquire(DbTarget);
+struct InstrumentedManager {
+    inner: ConnectionManager<PgConnection>,
+    target: DbTarget,
+}
 
-impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for InstrumentOnAcquire {
-    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.set_instrumentation(QueryInstrumentation::new(self.0.clone()));
-        Ok(())
+impl ManageConnection for InstrumentedManager {
+    type Connection = PgConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<PgConnection, Self::Error> {
+        let mut conn = self.inner.connect()?;
+        conn.set_instrumentation(QueryInstrumentation::new(self.target.clone()));
+        Ok(conn)
+    }
+
+    fn is_valid(&self, conn: &mut PgConnection) -> Result<(), Self::Error> {
+        self.inner.is_valid(conn)
+    }
+
+    fn has_broken(&self, conn: &mut PgConnection) -> bool {
+        self.inner.has_broken(conn)
+            || conn
+                .instrumentation()
+                .downcast_ref::<QueryInstrumentation>()
+                .is_some_and(QueryInstrumentation::connection_lost)
     }
 }
 

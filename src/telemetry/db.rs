@@ -43,6 +43,7 @@ impl DbTarget {
 pub struct QueryInstrumentation {
     target: DbTarget,
     in_flight: Option<InFlight>,
+    connection_lost: bool,
 }
 
 struct InFlight {
@@ -57,7 +58,14 @@ impl QueryInstrumentation {
         Self {
             target,
             in_flight: None,
+            connection_lost: false,
         }
+    }
+
+    /// Whether a statement on this connection failed because the server went away: the pool
+    /// must then discard the connection.
+    pub fn connection_lost(&self) -> bool {
+        self.connection_lost
     }
 }
 
@@ -80,7 +88,7 @@ impl Instrumentation for QueryInstrumentation {
                     db.query.text = sql.as_str(),
                     db.namespace = &*self.target.namespace,
                     server.address = &*self.target.address,
-                    server.port = self.target.port,
+                    server.port = i64::from(self.target.port),
                     otel.status_code = Empty,
                     otel.status_description = Empty,
                     error.type = Empty,
@@ -97,6 +105,15 @@ impl Instrumentation for QueryInstrumentation {
                     return;
                 };
                 if let Some(err) = error {
+                    use diesel::result::{DatabaseErrorKind, Error};
+                    if let Error::DatabaseError(
+                        DatabaseErrorKind::ClosedConnection
+                        | DatabaseErrorKind::UnableToSendCommand,
+                        _,
+                    ) = err
+                    {
+                        self.connection_lost = true;
+                    }
                     done.span.record("otel.status_code", "ERROR");
                     done.span.record("error.type", error_type(err));
                     done.span.record("otel.status_description", error_type(err));

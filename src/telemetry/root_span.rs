@@ -116,7 +116,8 @@ impl RootSpanBuilder for SidechainRootSpan {
             ),
             Err(error) => (error.as_response_error().status_code(), Some(error), None),
         };
-        span.record("http.response.status_code", status.as_u16());
+        // As i64: tracing-opentelemetry exports unsigned integers as strings.
+        span.record("http.response.status_code", i64::from(status.as_u16()));
         if status.is_server_error() {
             span.record("otel.status_code", "ERROR");
             span.record("error.type", status.as_str());
@@ -162,7 +163,7 @@ impl RootSpanBuilder for SidechainRootSpan {
             "path" => request.path(),
             "status" => status.as_u16(),
             "duration_ms" => (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-            "user_id" => user.map(|u| u.to_string()),
+            "user_id" => UserId(user),
         );
         metrics::http_request(
             start.method,
@@ -171,6 +172,23 @@ impl RootSpanBuilder for SidechainRootSpan {
             elapsed,
             span_context.as_ref(),
         );
+    }
+}
+
+/// `user_id` of the access line: present only when the request was authenticated.
+struct UserId(Option<Uuid>);
+
+impl slog::Value for UserId {
+    fn serialize(
+        &self,
+        _: &slog::Record<'_>,
+        key: slog::Key,
+        serializer: &mut dyn slog::Serializer,
+    ) -> slog::Result {
+        match self.0 {
+            Some(id) => serializer.emit_arguments(key, &format_args!("{id}")),
+            None => Ok(()),
+        }
     }
 }
 

@@ -1,0 +1,15 @@
+//! Integration tests: the service over HTTP, against the real Postgres and Redis of this
+//! machine.
+
+mod helpers;
+
+mod auth;
+mod bad_input;
+mod comments;
+mod feed;
+mod health;
+mod lifecycle;
+mod posts;
+mod search;
+mod traces;
+mod users;
