@@ -46,3 +46,7 @@ dev-down:
 dev-logs:
 	$(DEV_COMPOSE) logs -f backend
 # dev-stack:end
+
+# --- benchmarks (BENCHMARKS.md) ---
+# bench:start
+# bench:end

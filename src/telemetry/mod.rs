@@ -31,7 +31,7 @@ use tracing_subscriber::layer::SubscriberExt;
 
 use crate::config::{LogLevel, Settings};
 use config::TelemetrySettings;
-use export::RetryPolicy;
+use export::ExportOptions;
 pub use logging::LogSink;
 
 /// The running pipeline. [`Telemetry::shutdown`] flushes it.
@@ -54,14 +54,14 @@ pub enum TelemetryError {
 /// benchmarks change them; the binary uses the defaults.
 pub struct TelemetryOptions {
     pub log_sink: LogSink,
-    pub retry_policy: RetryPolicy,
+    pub export: ExportOptions,
 }
 
 impl Default for TelemetryOptions {
     fn default() -> Self {
         Self {
             log_sink: LogSink::Stdout,
-            retry_policy: RetryPolicy::default(),
+            export: ExportOptions::default(),
         }
     }
 }
@@ -75,7 +75,7 @@ pub fn init(settings: &Settings, options: TelemetryOptions) -> Result<Telemetry,
 
     let provider = if otel.enabled {
         let resource = resource(otel);
-        let processor = export::start(otel, &resource, options.retry_policy)?;
+        let processor = export::start(otel, &resource, options.export)?;
         Some(
             SdkTracerProvider::builder()
                 .with_resource(resource)

@@ -4,17 +4,22 @@
 //!            Enqueue(span) ──┐ (try_send from on_end)
 //!   Flush(reply)/Shutdown ───┤ (do_send: control is never dropped)
 //!                            ▼
-//!   ┌──────────────── SpanExportActor (own System, own thread) ────────────────┐
-//!   │ queue: VecDeque<SpanData>                                                 │
-//!   │ batch full, timer tick or flush ─▶ take ≤ batch size ─▶ encode ─▶ gzip     │
-//!   │                                   └▶ spawn deliver() (retries inside) ─▶ account
-//!   │ one delivery in flight at a time; the next starts when it settles          │
-//!   └───────────────────────────────────────────────────────────────────────────┘
+//!   ┌──────────────── SpanExportActor (own System, own thread) ─────────────────┐
+//!   │ queue: finished spans        pending: encoded bodies waiting for delivery  │
+//!   │ batch full, timer tick or flush ─▶ take ≤ batch size ─▶ encode (≤ 20 MiB    │
+//!   │   per request) ─▶ gzip ─▶ pending ─▶ deliver (retries inside) ─▶ settle     │
+//!   │ one delivery in flight at a time; the next starts when it settles           │
+//!   └─────────────────────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! The actor is single-threaded, so the queue needs no lock; the only shared state is the
-//! [`QueueGauge`], which the processor reads to keep the queue bounded without asking the
-//! actor.
+//! Nothing that could still be delivered is dropped: a body whose retries reach the per-batch
+//! deadline goes back to the front of `pending` and is tried again. What bounds memory is the
+//! [`QueueGauge`]: it counts every span the exporter holds (mailbox, queue, pending, in
+//! flight), and the processor drops new spans when it is full. Spans are only given up when
+//! the endpoint refuses them (`dropped_rejected`) or at the shutdown deadline (`failed`).
+//!
+//! The actor is single-threaded, so its queues need no lock; the gauge is the only state it
+//! shares.
 
 use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
@@ -24,6 +29,7 @@ use std::sync::mpsc::SyncSender;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use bytes::Bytes;
 use opentelemetry_sdk::trace::SpanData;
 
 use super::otlp::OtlpEncoder;
@@ -31,9 +37,9 @@ use super::transport::{Delivery, Transport};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, SpanOutcome};
 
-/// Spans held by the exporter: in the mailbox, queued, or in the batch being delivered. The
-/// processor reserves a place before sending and the actor releases it when the span's fate is
-/// settled, so the bound covers everything the exporter holds.
+/// Spans held by the exporter: in the mailbox, queued, pending or in flight. The processor
+/// reserves a place before sending and the actor releases it when the span's fate is settled,
+/// so the bound covers everything the exporter holds.
 #[derive(Debug, Default)]
 pub struct QueueGauge(AtomicUsize);
 
@@ -61,7 +67,7 @@ impl QueueGauge {
 #[rtype(result = "()")]
 pub struct Enqueue(pub SpanData);
 
-/// Export everything queued now; the reply says how many spans were not delivered.
+/// Export everything queued now; the reply comes when those spans are settled.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Flush(pub SyncSender<FlushReport>);
@@ -77,7 +83,7 @@ pub struct Shutdown {
 /// The answer to a flush or shutdown.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlushReport {
-    /// Spans that were queued at the time and could not be delivered.
+    /// Spans refused by the endpoint, or lost at the shutdown deadline, since the last report.
     pub undelivered: usize,
 }
 
@@ -86,27 +92,36 @@ pub struct FlushReport {
 pub struct BatchConfig {
     pub max_export_batch_size: usize,
     pub schedule_delay: Duration,
-    /// Bound on the retries of one batch.
+    /// How long one body is retried before it goes back to the queue (and the failure is
+    /// logged).
     pub export_deadline: Duration,
+    /// Bound on one request's uncompressed size.
+    pub max_request_bytes: usize,
+}
+
+/// An encoded, compressed request and how many spans it carries.
+struct Body {
+    spans: usize,
+    bytes: Bytes,
 }
 
 pub struct SpanExportActor {
     config: BatchConfig,
-    encoder: Rc<OtlpEncoder>,
+    encoder: OtlpEncoder,
     transport: Rc<Transport>,
     gauge: Arc<QueueGauge>,
     queue: VecDeque<SpanData>,
-    /// Spans of the batch being delivered, if one is.
-    in_flight: Option<(usize, SpawnHandle)>,
-    /// Waiters of flushes: each is answered once the spans queued at its request are settled.
-    /// The count is how many queued spans must still leave before it is answered.
+    pending: VecDeque<Body>,
+    /// The body being delivered, if one is.
+    in_flight: Option<(Body, SpawnHandle)>,
+    /// Flushes waiting for their answer, each with the number of queued spans that must still
+    /// be taken from the queue before it can be answered.
     flushes: Vec<(usize, SyncSender<FlushReport>)>,
     shutdown: Option<SyncSender<FlushReport>>,
-    /// Undelivered spans since the last flush answer (for the reports).
+    /// Spans given up since the last flush answer.
     undelivered: usize,
     /// Causes already logged: each distinct failure is logged once, not per batch.
     logged_causes: HashSet<String>,
-    encode_buf: Vec<u8>,
 }
 
 impl SpanExportActor {
@@ -118,16 +133,16 @@ impl SpanExportActor {
     ) -> Self {
         Self {
             config,
-            encoder: Rc::new(encoder),
+            encoder,
             transport: Rc::new(transport),
             gauge,
             queue: VecDeque::new(),
+            pending: VecDeque::new(),
             in_flight: None,
             flushes: Vec::new(),
             shutdown: None,
             undelivered: 0,
             logged_causes: HashSet::new(),
-            encode_buf: Vec::new(),
         }
     }
 
@@ -136,46 +151,59 @@ impl SpanExportActor {
         !self.flushes.is_empty() || self.shutdown.is_some()
     }
 
-    /// Starts a delivery if none is in flight and there is reason to: a full batch, a timer
-    /// tick (`force`), or a flush in progress.
+    /// Starts a delivery if none is in flight and there is something to send: a pending body,
+    /// or a batch (when the batch is full, on a timer tick (`force`), or during a flush).
     fn pump(&mut self, ctx: &mut Context<Self>, force: bool) {
         if self.in_flight.is_some() {
             return;
         }
         self.answer_flushes(ctx);
-        if self.queue.is_empty() {
-            return;
+        if self.pending.is_empty() && !self.queue.is_empty() {
+            let full = self.queue.len() >= self.config.max_export_batch_size;
+            if full || force || self.draining() {
+                self.encode_batch();
+            }
         }
-        let full = self.queue.len() >= self.config.max_export_batch_size;
-        if !(full || force || self.draining()) {
+        let Some(body) = self.pending.pop_front() else {
             return;
-        }
+        };
+        let transport = Rc::clone(&self.transport);
+        let bytes = body.bytes.clone();
+        let deadline = Instant::now() + self.config.export_deadline;
+        let started = Instant::now();
+        let delivery = async move {
+            transport
+                .deliver(bytes, deadline, metrics::exporter_retry)
+                .await
+        };
+        let handle = ctx.spawn(delivery.into_actor(self).map(move |delivery, act, ctx| {
+            metrics::exporter_export_duration(started.elapsed());
+            if let Some((body, _)) = act.in_flight.take() {
+                act.settle(body, delivery);
+            }
+            act.pump(ctx, false);
+        }));
+        self.in_flight = Some((body, handle));
+    }
+
+    /// Takes a batch off the queue and turns it into pending bodies.
+    fn encode_batch(&mut self) {
         let take = self.queue.len().min(self.config.max_export_batch_size);
         let batch: Vec<SpanData> = self.queue.drain(..take).collect();
         for flush in &mut self.flushes {
             flush.0 = flush.0.saturating_sub(take);
         }
-        self.encoder.encode(batch, &mut self.encode_buf);
-        let body = self.transport.body(&self.encode_buf);
-        let transport = Rc::clone(&self.transport);
-        let deadline = Instant::now() + self.config.export_deadline;
-        let started = Instant::now();
-        let delivery = async move {
-            transport
-                .deliver(body, deadline, metrics::exporter_retry)
-                .await
-        };
-        let handle = ctx.spawn(delivery.into_actor(self).map(move |delivery, act, ctx| {
-            act.in_flight = None;
-            metrics::exporter_export_duration(started.elapsed());
-            act.settle(take, delivery);
-            act.pump(ctx, false);
-        }));
-        self.in_flight = Some((take, handle));
+        for encoded in self.encoder.encode(batch, self.config.max_request_bytes) {
+            self.pending.push_back(Body {
+                spans: encoded.spans,
+                bytes: self.transport.body(&encoded.bytes),
+            });
+        }
     }
 
-    /// Accounts for a batch whose fate is known.
-    fn settle(&mut self, spans: usize, delivery: Delivery) {
+    /// Accounts for a delivered or refused body; puts back one whose retries ran out.
+    fn settle(&mut self, body: Body, delivery: Delivery) {
+        let spans = body.spans;
         match delivery {
             Delivery::Exported {
                 rejected_spans,
@@ -185,6 +213,7 @@ impl SpanExportActor {
                 metrics::exporter_spans(SpanOutcome::Exported, (spans - rejected) as u64);
                 if rejected > 0 {
                     metrics::exporter_spans(SpanOutcome::DroppedRejected, rejected as u64);
+                    self.undelivered += rejected;
                     self.log_once(
                         format!("partial success: {message}"),
                         "the trace endpoint rejected part of a batch",
@@ -202,9 +231,14 @@ impl SpanExportActor {
                 );
             }
             Delivery::Failed { cause } => {
-                metrics::exporter_spans(SpanOutcome::Failed, spans as u64);
-                self.undelivered += spans;
-                self.log_once(cause, "could not export a batch before its deadline", spans);
+                // Still deliverable: keep it (its spans stay counted by the gauge) and try again.
+                self.log_once(
+                    cause,
+                    "exporting spans keeps failing; they stay queued and are retried",
+                    spans,
+                );
+                self.pending.push_front(body);
+                return;
             }
         }
         self.gauge.release(spans);
@@ -221,21 +255,23 @@ impl SpanExportActor {
         }
     }
 
-    /// Answers the flushes whose spans have all left the queue and settled (nothing is in
-    /// flight when this runs).
+    /// Answers the flushes whose spans have all been taken from the queue and settled, and
+    /// finishes a shutdown once everything is. Runs only when nothing is in flight.
     fn answer_flushes(&mut self, ctx: &mut Context<Self>) {
+        if !self.pending.is_empty() {
+            return;
+        }
         let undelivered = self.undelivered;
-        let mut answered = false;
+        let before = self.flushes.len();
         self.flushes.retain(|(remaining, reply)| {
             if *remaining == 0 {
                 let _ = reply.send(FlushReport { undelivered });
-                answered = true;
                 false
             } else {
                 true
             }
         });
-        if answered {
+        if self.flushes.len() != before {
             self.undelivered = 0;
         }
         if self.queue.is_empty()
@@ -246,23 +282,23 @@ impl SpanExportActor {
         }
     }
 
-    /// The shutdown deadline came first: whatever is still queued or in flight is lost.
+    /// The shutdown deadline came first: whatever is still held is lost.
     fn abandon(&mut self, ctx: &mut Context<Self>) {
         let Some(reply) = self.shutdown.take() else {
             return;
         };
-        let mut lost = self.queue.len();
+        let mut lost = self.queue.len() + self.pending.iter().map(|b| b.spans).sum::<usize>();
         self.queue.clear();
-        if let Some((spans, handle)) = self.in_flight.take() {
+        self.pending.clear();
+        if let Some((body, handle)) = self.in_flight.take() {
             ctx.cancel_future(handle);
-            lost += spans;
+            lost += body.spans;
         }
         metrics::exporter_spans(SpanOutcome::Failed, lost as u64);
         self.gauge.release(lost);
-        let report = FlushReport {
+        let _ = reply.send(FlushReport {
             undelivered: self.undelivered + lost,
-        };
-        let _ = reply.send(report);
+        });
         ctx.stop();
     }
 }
@@ -297,8 +333,7 @@ impl Handler<Flush> for SpanExportActor {
     type Result = ();
 
     fn handle(&mut self, msg: Flush, ctx: &mut Self::Context) {
-        let queued = self.queue.len();
-        self.flushes.push((queued, msg.0));
+        self.flushes.push((self.queue.len(), msg.0));
         self.pump(ctx, true);
     }
 }

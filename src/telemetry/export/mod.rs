@@ -18,7 +18,7 @@ use actix::Actor;
 use opentelemetry_sdk::Resource;
 
 pub use actor::{BatchConfig, FlushReport};
-pub use otlp::{AttributeLimits, OtlpEncoder};
+pub use otlp::{AttributeLimits, EncodedBatch, OtlpEncoder};
 pub use processor::ActorSpanProcessor;
 pub use transport::RetryPolicy;
 
@@ -37,23 +37,41 @@ pub enum ExporterError {
     Startup,
 }
 
+/// What is not configuration but may be changed by tests and benchmarks.
+#[derive(Debug, Clone, Copy)]
+pub struct ExportOptions {
+    pub retry: RetryPolicy,
+    /// Bound on one request's uncompressed size: the OTLP/HTTP limit of 20 MiB by default.
+    pub max_request_bytes: usize,
+}
+
+impl Default for ExportOptions {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::default(),
+            max_request_bytes: 20 * 1024 * 1024,
+        }
+    }
+}
+
 /// Starts the export actor on its own thread and returns the processor that feeds it.
 pub fn start(
     settings: &TelemetrySettings,
     resource: &Resource,
-    policy: RetryPolicy,
+    options: ExportOptions,
 ) -> Result<ActorSpanProcessor, ExporterError> {
     let batch = BatchConfig {
         max_export_batch_size: settings.max_export_batch_size,
         schedule_delay: settings.schedule_delay,
         export_deadline: settings.export_deadline,
+        max_request_bytes: options.max_request_bytes,
     };
     let limits = AttributeLimits {
         count: settings.attribute_count_limit,
         value_length: settings.attribute_value_length_limit,
     };
     let encoder = OtlpEncoder::new(resource, limits);
-    let transport = Transport::new(settings, policy)?;
+    let transport = Transport::new(settings, options.retry)?;
     let gauge = Arc::new(QueueGauge::default());
     let max_queue_size = settings.max_queue_size;
 

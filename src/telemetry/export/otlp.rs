@@ -99,14 +99,90 @@ impl OtlpEncoder {
         }
     }
 
-    /// Encodes a batch into `buf` (cleared first).
-    pub fn encode(&self, spans: Vec<SpanData>, buf: &mut Vec<u8>) {
-        buf.clear();
-        let request = self.request(spans);
-        buf.reserve(request.encoded_len());
-        // Encoding into a Vec only fails for lack of capacity, which `reserve` provided.
-        let _ = request.encode(buf);
+    /// Encodes a batch as one request, or as several when one would exceed `max_bytes`
+    /// (the OTLP/HTTP bound is 20 MiB uncompressed): the request is halved until each part
+    /// fits, so that one huge span travels alone and cannot make its neighbours unacceptable.
+    pub fn encode(&self, spans: Vec<SpanData>, max_bytes: usize) -> Vec<EncodedBatch> {
+        let mut out = Vec::with_capacity(1);
+        self.encode_within(self.request(spans), max_bytes, &mut out);
+        out
     }
+
+    fn encode_within(
+        &self,
+        request: ExportTraceServiceRequest,
+        max_bytes: usize,
+        out: &mut Vec<EncodedBatch>,
+    ) {
+        let len = request.encoded_len();
+        let spans = span_count(&request);
+        if len <= max_bytes || spans <= 1 {
+            let mut bytes = Vec::with_capacity(len);
+            // Encoding into a Vec only fails for lack of capacity, which was reserved.
+            let _ = request.encode(&mut bytes);
+            out.push(EncodedBatch { spans, bytes });
+            return;
+        }
+        let (first, second) = self.halve(request, spans / 2);
+        self.encode_within(first, max_bytes, out);
+        self.encode_within(second, max_bytes, out);
+    }
+
+    /// Splits a request after its `at`-th span, keeping each span with its scope.
+    fn halve(
+        &self,
+        request: ExportTraceServiceRequest,
+        at: usize,
+    ) -> (ExportTraceServiceRequest, ExportTraceServiceRequest) {
+        let mut first = Vec::new();
+        let mut second = Vec::new();
+        let mut seen = 0;
+        for resource_spans in request.resource_spans {
+            for mut scope_spans in resource_spans.scope_spans {
+                let spans = std::mem::take(&mut scope_spans.spans);
+                let take = at.saturating_sub(seen).min(spans.len());
+                seen += spans.len();
+                let mut spans = spans;
+                let rest = spans.split_off(take);
+                if !spans.is_empty() {
+                    first.push(trace::ScopeSpans {
+                        spans,
+                        ..scope_spans.clone()
+                    });
+                }
+                if !rest.is_empty() {
+                    second.push(trace::ScopeSpans {
+                        spans: rest,
+                        ..scope_spans
+                    });
+                }
+            }
+        }
+        let wrap = |scope_spans| ExportTraceServiceRequest {
+            resource_spans: vec![trace::ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans,
+                schema_url: self.resource_schema_url.clone(),
+            }],
+        };
+        (wrap(first), wrap(second))
+    }
+}
+
+/// An encoded request and how many spans it carries.
+#[derive(Debug)]
+pub struct EncodedBatch {
+    pub spans: usize,
+    pub bytes: Vec<u8>,
+}
+
+fn span_count(request: &ExportTraceServiceRequest) -> usize {
+    request
+        .resource_spans
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .map(|s| s.spans.len())
+        .sum()
 }
 
 struct Converter {

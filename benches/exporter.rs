@@ -1,0 +1,3 @@
+//! Exporter throughput: ours against opentelemetry-otlp's batch processor (see BENCHMARKS.md).
+
+fn main() {}
