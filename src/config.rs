@@ -45,6 +45,8 @@ pub struct DatabaseSettings {
     pub pool_size: u32,
     /// `DB_POOL_TIMEOUT_MS`: how long a request waits for a connection before answering 503.
     pub pool_timeout: Duration,
+    /// `DB_SLOW_QUERY_MS`: statements at least this slow are logged (inside their span).
+    pub slow_query: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +229,12 @@ impl Settings {
                 5000u64,
                 1,
                 600_000,
+            )?),
+            slow_query: Duration::from_millis(env.bounded(
+                "DB_SLOW_QUERY_MS",
+                500u64,
+                0,
+                3_600_000,
             )?),
         };
 

@@ -87,6 +87,7 @@ impl Db {
         let manager = InstrumentedManager {
             inner: ConnectionManager::new(&settings.url),
             target: DbTarget::from_url(&url),
+            slow_query: settings.slow_query,
         };
         let pool = Pool::builder()
             .max_size(settings.pool_size)
@@ -135,6 +136,7 @@ impl Db {
 struct InstrumentedManager {
     inner: ConnectionManager<PgConnection>,
     target: DbTarget,
+    slow_query: Duration,
 }
 
 impl ManageConnection for InstrumentedManager {
@@ -143,7 +145,10 @@ impl ManageConnection for InstrumentedManager {
 
     fn connect(&self) -> Result<PgConnection, Self::Error> {
         let mut conn = self.inner.connect()?;
-        conn.set_instrumentation(QueryInstrumentation::new(self.target.clone()));
+        conn.set_instrumentation(QueryInstrumentation::new(
+            self.target.clone(),
+            self.slow_query,
+        ));
         Ok(conn)
     }
 

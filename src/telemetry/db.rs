@@ -12,13 +12,13 @@
 
 use std::fmt::{self, Write as _};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use diesel::connection::{Instrumentation, InstrumentationEvent};
 use tracing::field::Empty;
 use url::Url;
 
-use crate::telemetry::metrics;
+use crate::telemetry::{logging, metrics};
 
 /// What every query span says about the server: `db.namespace`, `server.address`,
 /// `server.port`. Never the credentials of the URL.
@@ -42,6 +42,7 @@ impl DbTarget {
 /// One per connection; Diesel calls it around every statement.
 pub struct QueryInstrumentation {
     target: DbTarget,
+    slow_query: Duration,
     in_flight: Option<InFlight>,
     connection_lost: bool,
 }
@@ -51,12 +52,15 @@ struct InFlight {
     started: Instant,
     operation: &'static str,
     table: Option<String>,
+    sql: String,
 }
 
 impl QueryInstrumentation {
-    pub fn new(target: DbTarget) -> Self {
+    /// Statements that take `slow_query` or longer are logged, inside their own span.
+    pub fn new(target: DbTarget, slow_query: Duration) -> Self {
         Self {
             target,
+            slow_query,
             in_flight: None,
             connection_lost: false,
         }
@@ -98,6 +102,7 @@ impl Instrumentation for QueryInstrumentation {
                     started: Instant::now(),
                     operation,
                     table,
+                    sql,
                 });
             }
             InstrumentationEvent::FinishQuery { error, .. } => {
@@ -118,11 +123,22 @@ impl Instrumentation for QueryInstrumentation {
                     done.span.record("error.type", error_type(err));
                     done.span.record("otel.status_description", error_type(err));
                 }
+                let elapsed = done.started.elapsed();
                 metrics::db_operation(
                     done.operation,
                     done.table.as_deref().unwrap_or("none"),
-                    done.started.elapsed(),
+                    elapsed,
                 );
+                if elapsed >= self.slow_query {
+                    // Inside the query's span, so the line carries its ids.
+                    let _entered = done.span.enter();
+                    slog::warn!(logging::logger(), "slow query";
+                        "db.operation.name" => done.operation,
+                        "db.collection.name" => done.table.as_deref(),
+                        "db.query.text" => &done.sql,
+                        "duration_ms" => elapsed.as_secs_f64() * 1e3,
+                    );
+                }
             }
             _ => {}
         }
