@@ -22,7 +22,8 @@ use super::auth::Authenticated;
 use super::json::{FeedJson, PostJson};
 use crate::cache::feed::PageKey;
 use crate::db::models::PostWithAuthor;
-use crate::db::queries::{Page, feed};
+use crate::db::queries::Page;
+use crate::db::queries::feed::{self, Authors};
 use crate::domain::{Cursor, FeedKind, Limit};
 use crate::errors::{AppError, ErrorBody};
 use crate::telemetry::{logging, root_span};
@@ -110,13 +111,13 @@ async fn build(
         (FeedKind::Global, _) => {
             state
                 .db
-                .run(move |c| feed::global(c, cursor, limit))
+                .run(move |c| feed::newest_first(c, Authors::Everyone, cursor, limit))
                 .await?
         }
         (FeedKind::Timeline, Some(user)) => {
             state
                 .db
-                .run(move |c| feed::timeline(c, user, cursor, limit))
+                .run(move |c| feed::newest_first(c, Authors::FollowedBy(user), cursor, limit))
                 .await?
         }
         (FeedKind::Recommended, Some(user)) => {

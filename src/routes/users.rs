@@ -5,7 +5,8 @@ use actix_web::{HttpResponse, web};
 use super::auth::Authenticated;
 use super::json::{PageJson, PostJson, ProfileJson};
 use super::{PageParams, State};
-use crate::db::queries::{posts, users};
+use crate::db::queries::feed::{self, Authors};
+use crate::db::queries::users;
 use crate::domain::{Cursor, Limit, Username};
 use crate::errors::{AppError, ErrorBody};
 
@@ -63,7 +64,7 @@ pub async fn posts_of(
         .db
         .run(move |conn| {
             let author = users::id_by_username(conn, username.as_str())?;
-            posts::by_author(conn, author, cursor, limit)
+            feed::newest_first(conn, Authors::Only(author), cursor, limit)
         })
         .await?;
     Ok(HttpResponse::Ok().json(PageJson::<PostJson>::from_page(page)))

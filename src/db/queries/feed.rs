@@ -6,34 +6,27 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 use super::Page;
-use super::posts::{invalid_cursor, time_cursor};
+use super::posts::invalid_cursor;
 use crate::db::models::{PostRow, PostWithAuthor};
 use crate::db::schema::{follows, posts, users};
 use crate::domain::{Cursor, Limit};
 use crate::errors::AppError;
 
-/// Everyone's posts, newest first.
-pub fn global(
-    conn: &mut PgConnection,
-    cursor: Option<Cursor>,
-    limit: Limit,
-) -> Result<Page<PostWithAuthor>, AppError> {
-    newest_first(conn, None, cursor, limit)
+/// Whose posts a newest-first listing shows.
+#[derive(Debug, Clone, Copy)]
+pub enum Authors {
+    /// Everyone's: the global feed.
+    Everyone,
+    /// The people this user follows, and the user: the timeline.
+    FollowedBy(Uuid),
+    /// This user's only: their profile's posts.
+    Only(Uuid),
 }
 
-/// The posts of the people `user_id` follows, and their own, newest first.
-pub fn timeline(
+/// Posts of `authors`, newest first.
+pub fn newest_first(
     conn: &mut PgConnection,
-    user_id: Uuid,
-    cursor: Option<Cursor>,
-    limit: Limit,
-) -> Result<Page<PostWithAuthor>, AppError> {
-    newest_first(conn, Some(user_id), cursor, limit)
-}
-
-fn newest_first(
-    conn: &mut PgConnection,
-    timeline_of: Option<Uuid>,
+    authors: Authors,
     cursor: Option<Cursor>,
     limit: Limit,
 ) -> Result<Page<PostWithAuthor>, AppError> {
@@ -41,15 +34,19 @@ fn newest_first(
         .inner_join(users::table)
         .select((PostRow::as_select(), users::username))
         .into_boxed();
-    if let Some(user_id) = timeline_of {
-        let followed = follows::table
-            .filter(follows::follower_id.eq(user_id))
-            .select(follows::followee_id);
-        query = query.filter(
-            posts::author_id
-                .eq(user_id)
-                .or(posts::author_id.eq_any(followed)),
-        );
+    match authors {
+        Authors::Everyone => {}
+        Authors::FollowedBy(user_id) => {
+            let followed = follows::table
+                .filter(follows::follower_id.eq(user_id))
+                .select(follows::followee_id);
+            query = query.filter(
+                posts::author_id
+                    .eq(user_id)
+                    .or(posts::author_id.eq_any(followed)),
+            );
+        }
+        Authors::Only(user_id) => query = query.filter(posts::author_id.eq(user_id)),
     }
     match cursor {
         None => {}
@@ -66,7 +63,10 @@ fn newest_first(
         .order((posts::created_at.desc(), posts::id.desc()))
         .limit(limit.probe())
         .load(conn)?;
-    Ok(Page::from_probe(rows, limit, time_cursor))
+    Ok(Page::from_probe(rows, limit, |(p, _)| Cursor::Time {
+        at: p.created_at,
+        id: p.id,
+    }))
 }
 
 /// The most liked posts created since `since`; ties broken by recency.

@@ -2,10 +2,10 @@ use diesel::prelude::*;
 use diesel::result::DatabaseErrorKind;
 use uuid::Uuid;
 
-use super::{Page, violated_constraint};
+use super::violated_constraint;
 use crate::db::models::{NewPost, PostRow, PostWithAuthor};
 use crate::db::schema::{likes, posts, users};
-use crate::domain::{Cursor, Limit, PostDraft};
+use crate::domain::PostDraft;
 use crate::errors::AppError;
 
 pub fn insert(
@@ -107,36 +107,6 @@ pub fn unlike(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<(
     })
 }
 
-/// A user's posts, newest first.
-pub fn by_author(
-    conn: &mut PgConnection,
-    author_id: Uuid,
-    cursor: Option<Cursor>,
-    limit: Limit,
-) -> Result<Page<PostWithAuthor>, AppError> {
-    let mut query = posts::table
-        .inner_join(users::table)
-        .filter(posts::author_id.eq(author_id))
-        .select((PostRow::as_select(), users::username))
-        .into_boxed();
-    match cursor {
-        None => {}
-        Some(Cursor::Time { at, id }) => {
-            query = query.filter(
-                posts::created_at
-                    .lt(at)
-                    .or(posts::created_at.eq(at).and(posts::id.lt(id))),
-            );
-        }
-        Some(_) => return Err(invalid_cursor()),
-    }
-    let rows = query
-        .order((posts::created_at.desc(), posts::id.desc()))
-        .limit(limit.probe())
-        .load(conn)?;
-    Ok(Page::from_probe(rows, limit, time_cursor))
-}
-
 /// Posts whose title contains the pattern (an `ILIKE` pattern) or that carry the tag exactly,
 /// newest first.
 pub fn search(
@@ -156,14 +126,6 @@ pub fn search(
         .order((posts::created_at.desc(), posts::id.desc()))
         .limit(limit)
         .load(conn)?)
-}
-
-/// The cursor that continues after this post in a newest-first listing.
-pub fn time_cursor(row: &PostWithAuthor) -> Cursor {
-    Cursor::Time {
-        at: row.0.created_at,
-        id: row.0.id,
-    }
 }
 
 pub(crate) fn invalid_cursor() -> AppError {
