@@ -3,15 +3,13 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::Value;
 
-use crate::helpers::{OtlpReceiver, poll, spawn_app_with};
+use crate::helpers::{KIND_SERVER, OtlpReceiver, RunningBinary, poll, spawn_app_with};
 
 /// A trace endpoint whose behaviour the test switches: healthy (200 at once) or a blackhole
 /// (accepts, reads, never answers).
@@ -205,113 +203,28 @@ async fn with_the_endpoint_down_the_app_serves_and_spans_arrive_when_it_appears(
     }
 }
 
-fn binary(endpoint: &str, db: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidechain"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env(
-            "DATABASE_URL",
-            format!("postgres://postgres@127.0.0.1:5432/{db}"),
-        )
-        .env("REDIS_URL", "redis://127.0.0.1:6379")
-        .env("REDIS_KEY_PREFIX", format!("test:{db}:"))
-        .env("BIND_ADDR", "127.0.0.1:0")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    cmd
-}
-
-/// Starts the binary; returns it, its base URL and a thread collecting its log lines.
-fn launch(
-    mut cmd: Command,
-) -> (
-    std::process::Child,
-    String,
-    std::thread::JoinHandle<Vec<Value>>,
-) {
-    let mut child = cmd.spawn().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut lines = Vec::new();
-    let port = loop {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "ended before listening"
-        );
-        let v: Value = serde_json::from_str(&line).unwrap();
-        lines.push(v.clone());
-        if v["msg"] == "listening" {
-            break v["address"]
-                .as_str()
-                .unwrap()
-                .rsplit(':')
-                .next()
-                .unwrap()
-                .to_owned();
-        }
-    };
-    let collector = std::thread::spawn(move || {
-        lines.extend(
-            stdout
-                .lines()
-                .map_while(Result::ok)
-                .map(|l| serde_json::from_str(&l).unwrap()),
-        );
-        lines
-    });
-    (child, format!("http://127.0.0.1:{port}"), collector)
-}
-
-fn drop_database(db: &str) {
-    if let Ok(mut conn) = <diesel::PgConnection as diesel::Connection>::establish(
-        "postgres://postgres@127.0.0.1:5432/postgres",
-    ) {
-        let _ = diesel::RunQueryDsl::execute(
-            diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")),
-            &mut conn,
-        );
-    }
-}
-
-fn terminate(child: &std::process::Child) {
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-}
-
 #[tokio::test]
 async fn sigterm_delivers_every_queued_span() {
     let receiver = OtlpReceiver::start().await;
-    let db = format!("sidechain_test_{}", uuid::Uuid::new_v4().simple());
-    let mut cmd = binary(&receiver.server.uri(), &db);
+    let endpoint = receiver.server.uri();
     // Nothing leaves before shutdown: a minute-long timer and large batches.
-    cmd.env("OTEL_BSP_SCHEDULE_DELAY", "60000")
-        .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")
-        .env("OTEL_BSP_MAX_QUEUE_SIZE", "8192");
-    let (mut child, base, collector) = launch(cmd);
+    let app = RunningBinary::launch(|cmd| {
+        cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "60000")
+            .env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096")
+            .env("OTEL_BSP_MAX_QUEUE_SIZE", "8192")
+            .env("OTEL_BSP_EXPORT_TIMEOUT", "10000");
+    });
     let client = reqwest::Client::new();
     let mut traces = Vec::new();
     for _ in 0..25 {
         let response = client
-            .get(format!("{base}/api/v1/feed/unified"))
+            .get(app.url("/api/v1/feed/unified"))
             .send()
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        traces.push(
-            response.headers()["traceresponse"]
-                .to_str()
-                .unwrap()
-                .split('-')
-                .nth(1)
-                .unwrap()
-                .to_owned(),
-        );
+        traces.push(trace_id(&response));
     }
     assert!(
         receiver
@@ -323,39 +236,31 @@ async fn sigterm_delivers_every_queued_span() {
         "nothing exported yet"
     );
 
-    terminate(&child);
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    app.terminate();
+    let (status, logs) = app.exited(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(0));
     let spans = receiver.spans().await;
     for trace in &traces {
         assert!(
             spans
                 .iter()
-                .any(|s| &s.trace_id == trace && s.kind == crate::helpers::KIND_SERVER),
+                .any(|s| &s.trace_id == trace && s.kind == KIND_SERVER),
             "trace {trace} lost"
         );
     }
-    let lines = collector.join().unwrap();
-    assert_eq!(lines.last().unwrap()["msg"], "server stopped");
-    drop_database(&db);
+    assert_eq!(logs.last().unwrap()["msg"], "server stopped");
 }
 
 #[tokio::test]
 async fn sigterm_with_the_endpoint_down_exits_within_the_bound() {
-    let port = TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = port.local_addr().unwrap();
-    drop(port);
-    let db = format!("sidechain_test_{}", uuid::Uuid::new_v4().simple());
-    let mut cmd = binary(&format!("http://{address}"), &db);
-    cmd.env("OTEL_BSP_EXPORT_TIMEOUT", "2000");
-    let (mut child, base, collector) = launch(cmd);
+    let app = RunningBinary::launch(|cmd| {
+        cmd.env("OTEL_BSP_EXPORT_TIMEOUT", "2000");
+    });
     let client = reqwest::Client::new();
     for _ in 0..10 {
         assert_eq!(
             client
-                .get(format!("{base}/health"))
+                .get(app.url("/health"))
                 .send()
                 .await
                 .unwrap()
@@ -364,18 +269,15 @@ async fn sigterm_with_the_endpoint_down_exits_within_the_bound() {
         );
     }
     let started = Instant::now();
-    terminate(&child);
-    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
-        .await
-        .unwrap();
+    app.terminate();
+    let (status, logs) = app.exited(Duration::from_secs(20)).await;
     let took = started.elapsed();
     assert_eq!(status.code(), Some(0));
     assert!(
         took < Duration::from_secs(5),
         "shutdown took {took:?} with a 2 s bound"
     );
-    let lines = collector.join().unwrap();
-    let lost = lines
+    let lost = logs
         .iter()
         .find(|l| {
             l["msg"]
@@ -385,5 +287,14 @@ async fn sigterm_with_the_endpoint_down_exits_within_the_bound() {
         })
         .expect("the loss is logged");
     assert!(lost["spans"].as_u64().unwrap() >= 10);
-    drop_database(&db);
+}
+
+fn trace_id(response: &reqwest::Response) -> String {
+    response.headers()["traceresponse"]
+        .to_str()
+        .unwrap()
+        .split('-')
+        .nth(1)
+        .unwrap()
+        .to_owned()
 }

@@ -3,7 +3,8 @@
 //! the app's log lines captured.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -483,25 +484,156 @@ impl TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         // Best effort: a leftover database or key is harmless, only untidy.
-        let admin = format!("{}/postgres", postgres_base());
-        if let Ok(mut conn) = PgConnection::establish(&admin) {
-            let _ = diesel::sql_query(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.db_name
-            ))
+        drop_database(&self.db_name);
+        drop_redis_keys(&self.redis_prefix);
+    }
+}
+
+/// Runs SQL on the server's maintenance database (`ALTER DATABASE`, `pg_terminate_backend`, …).
+pub fn admin_sql(sql: &str) {
+    let mut conn = PgConnection::establish(&format!("{}/postgres", postgres_base()))
+        .expect("Postgres reachable");
+    diesel::sql_query(sql)
+        .execute(&mut conn)
+        .expect("admin SQL runs");
+}
+
+pub fn drop_database(name: &str) {
+    if let Ok(mut conn) = PgConnection::establish(&format!("{}/postgres", postgres_base())) {
+        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
             .execute(&mut conn);
+    }
+}
+
+fn drop_redis_keys(prefix: &str) {
+    let Ok(client) = deadpool_redis::redis::Client::open(redis_url()) else {
+        return;
+    };
+    let Ok(mut conn) = client.get_connection() else {
+        return;
+    };
+    let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .unwrap_or_default();
+    if !keys.is_empty() {
+        let _: Result<(), _> = deadpool_redis::redis::cmd("DEL").arg(keys).query(&mut conn);
+    }
+}
+
+/// The `sidechain` binary with a clean environment whose trace endpoint is dead (port 1) and
+/// whose final flush is short; stdout and stderr piped.
+pub fn sidechain_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sidechain"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+        .env("OTEL_BSP_EXPORT_TIMEOUT", "1000")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Waits for a process to exit; kills it and fails after `within`.
+pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
         }
-        if let Ok(client) = deadpool_redis::redis::Client::open(redis_url())
-            && let Ok(mut conn) = client.get_connection()
-        {
-            let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
-                .arg(format!("{}*", self.redis_prefix))
-                .query(&mut conn)
-                .unwrap_or_default();
-            if !keys.is_empty() {
-                let _: Result<(), _> = deadpool_redis::redis::cmd("DEL").arg(keys).query(&mut conn);
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the process did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The real binary, serving on a random port with its own database.
+pub struct RunningBinary {
+    child: Option<Child>,
+    pub base: String,
+    db: String,
+    logs: Option<std::thread::JoinHandle<Vec<Value>>>,
+}
+
+impl RunningBinary {
+    /// Starts it (after `configure` adds variables) and waits for its `listening` line.
+    pub fn launch(configure: impl FnOnce(&mut Command)) -> Self {
+        let db = format!("sidechain_test_{}", Uuid::new_v4().simple());
+        let mut cmd = sidechain_command();
+        cmd.env("DATABASE_URL", format!("{}/{db}", postgres_base()))
+            .env("REDIS_URL", redis_url())
+            .env("REDIS_KEY_PREFIX", format!("test:{db}:"))
+            .env("BIND_ADDR", "127.0.0.1:0")
+            .stderr(Stdio::null());
+        configure(&mut cmd);
+        let mut child = cmd.spawn().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut lines = Vec::new();
+        let address = loop {
+            let mut line = String::new();
+            assert!(
+                stdout.read_line(&mut line).unwrap() > 0,
+                "the process ended before listening"
+            );
+            let v: Value = serde_json::from_str(&line).expect("a JSON log line");
+            lines.push(v.clone());
+            if v["msg"] == "listening" {
+                break v["address"].as_str().unwrap().to_owned();
             }
+        };
+        let port = address.rsplit(':').next().unwrap();
+        let logs = std::thread::spawn(move || {
+            lines.extend(
+                stdout
+                    .lines()
+                    .map_while(Result::ok)
+                    .map(|l| serde_json::from_str(&l).expect("a JSON log line")),
+            );
+            lines
+        });
+        Self {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            db,
+            logs: Some(logs),
         }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+
+    /// Waits for the exit (at most `within`); returns the status and every log line.
+    pub async fn exited(mut self, within: Duration) -> (ExitStatus, Vec<Value>) {
+        let mut child = self.child.take().unwrap();
+        let status = tokio::task::spawn_blocking(move || wait_exit(&mut child, within))
+            .await
+            .unwrap();
+        let logs = self.logs.take().unwrap().join().unwrap();
+        (status, logs)
+    }
+}
+
+impl Drop for RunningBinary {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+        }
+        drop_database(&self.db);
     }
 }
 
