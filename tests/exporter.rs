@@ -791,3 +791,75 @@ async fn endpoint_path_rules() {
     assert_eq!(receiver.seen()[1].path, "/custom/ingest");
     drop(processor);
 }
+
+// ---- tail sampling -------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_sampling_keeps_failed_and_slow_traces_whole() {
+    let (receiver, server) = Receiver::start(vec![]).await;
+    let s = settings(
+        &server.uri(),
+        &[
+            ("OTEL_TAIL_SAMPLING", "true"),
+            ("OTEL_TAIL_SAMPLING_RATIO", "0"),
+            ("OTEL_TAIL_SAMPLING_LATENCY_MS", "1000"),
+        ],
+    );
+    let processor = start(&s, fast());
+    let child_of = |root: &SpanData, name: &str| {
+        let mut child = span(name);
+        child.span_context = SpanContext::new(
+            root.span_context.trace_id(),
+            RandomIdGenerator::default().new_span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::default(),
+        );
+        child.parent_span_id = root.span_context.span_id();
+        child
+    };
+    // A trace whose query failed.
+    let failed_root = span("failed root");
+    let mut failed_child = child_of(&failed_root, "failed query");
+    failed_child.status = Status::error("deadlock");
+    // A slow one.
+    let mut slow_root = span("slow root");
+    slow_root.start_time = slow_root.end_time - Duration::from_secs(2);
+    let slow_child = child_of(&slow_root, "slow child");
+    // An ordinary one.
+    let plain_root = span("plain root");
+    let plain_child = child_of(&plain_root, "plain child");
+    for span in [
+        failed_child,
+        failed_root,
+        plain_child,
+        plain_root,
+        slow_child,
+        slow_root,
+    ] {
+        processor.on_end(span);
+    }
+    let seen = receiver
+        .wait("the kept traces", |seen| {
+            seen.iter().map(Seen::spans).sum::<usize>() >= 4
+        })
+        .await;
+    let mut names: Vec<String> = seen.iter().flat_map(Seen::names).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["failed query", "failed root", "slow child", "slow root"]
+    );
+    assert_eq!(
+        metric("otel_tail_sampling_spans_total{decision=\"dropped\"}"),
+        2.0
+    );
+    assert_eq!(
+        metric("otel_tail_sampling_spans_total{decision=\"kept\"}"),
+        4.0
+    );
+    poll("the queue to empty", Duration::from_secs(5), || {
+        (metric("otel_exporter_queue_spans") == 0.0).then_some(())
+    })
+    .await;
+}

@@ -10,6 +10,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 
 use crate::config::{ConfigError, Env};
+use crate::telemetry::export::TailPolicy;
 
 /// Request compression of export requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,9 @@ pub struct TelemetrySettings {
     pub attribute_value_length_limit: Option<usize>,
     /// `OTEL_RESOURCE_ATTRIBUTES`, decoded.
     pub resource_attributes: Vec<(String, String)>,
+    /// `OTEL_TAIL_SAMPLING` and its `_RATIO`, `_LATENCY_MS`, `_MAX_WAIT_MS`: keep whole traces
+    /// by outcome (errors, slow roots, a share of the rest). Off by default.
+    pub tail_sampling: Option<TailPolicy>,
 }
 
 impl TelemetrySettings {
@@ -137,6 +141,33 @@ impl TelemetrySettings {
             }
         };
 
+        let tail_sampling = if env.bool("OTEL_TAIL_SAMPLING", false)? {
+            let ratio: f64 = env.parse("OTEL_TAIL_SAMPLING_RATIO", 0.1)?;
+            if !(0.0..=1.0).contains(&ratio) {
+                return Err(ConfigError::new(
+                    "OTEL_TAIL_SAMPLING_RATIO",
+                    format!("{ratio} is outside 0.0..=1.0"),
+                ));
+            }
+            Some(TailPolicy {
+                ratio,
+                latency: Duration::from_millis(env.bounded(
+                    "OTEL_TAIL_SAMPLING_LATENCY_MS",
+                    500u64,
+                    0,
+                    3_600_000,
+                )?),
+                max_wait: Duration::from_millis(env.bounded(
+                    "OTEL_TAIL_SAMPLING_MAX_WAIT_MS",
+                    30_000u64,
+                    1,
+                    3_600_000,
+                )?),
+            })
+        } else {
+            None
+        };
+
         Ok(Self {
             enabled: env.bool("OTEL_ENABLED", true)?,
             service_name: env.string("OTEL_SERVICE_NAME", "sidechain-backend"),
@@ -169,6 +200,7 @@ impl TelemetrySettings {
             )?,
             attribute_value_length_limit,
             resource_attributes,
+            tail_sampling,
         })
     }
 }

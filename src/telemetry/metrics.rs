@@ -101,6 +101,12 @@ struct Metrics {
     exporter_queue: Gauge,
     exporter_export_duration: Histogram,
     exporter_retries: Counter,
+    tail_sampling: Family<DecisionLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    decision: &'static str,
 }
 
 const HTTP_BUCKETS: [f64; 14] = [
@@ -162,8 +168,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Export attempts repeated after a retryable failure",
         exporter_retries.clone(),
     );
+    let tail_sampling = Family::<DecisionLabels, Counter>::default();
+    registry.register(
+        "otel_tail_sampling_spans",
+        "Spans decided by tail-based sampling (when enabled), kept or dropped with their trace",
+        tail_sampling.clone(),
+    );
     Metrics {
         registry,
+        tail_sampling,
         http_duration,
         db_duration,
         cache_requests,
@@ -248,6 +261,16 @@ pub fn exporter_export_duration(duration: Duration) {
 /// Counts one retried export attempt.
 pub fn exporter_retry() {
     METRICS.exporter_retries.inc();
+}
+
+/// Counts spans decided by tail sampling.
+pub fn tail_sampling(kept: bool, spans: u64) {
+    METRICS
+        .tail_sampling
+        .get_or_create(&DecisionLabels {
+            decision: if kept { "kept" } else { "dropped" },
+        })
+        .inc_by(spans);
 }
 
 /// The exposition: OpenMetrics (with exemplars) or the classic text format.

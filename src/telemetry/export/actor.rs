@@ -33,6 +33,7 @@ use bytes::Bytes;
 use opentelemetry_sdk::trace::SpanData;
 
 use super::otlp::OtlpEncoder;
+use super::tail::{Decisions, TailPolicy, TailSampler};
 use super::transport::{Delivery, Transport};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, SpanOutcome};
@@ -97,6 +98,8 @@ pub struct BatchConfig {
     pub export_deadline: Duration,
     /// Bound on one request's uncompressed size.
     pub max_request_bytes: usize,
+    /// Tail-based sampling, when enabled.
+    pub tail_sampling: Option<TailPolicy>,
 }
 
 /// An encoded, compressed request and how many spans it carries.
@@ -111,6 +114,8 @@ pub struct SpanExportActor {
     transport: Rc<Transport>,
     gauge: Arc<QueueGauge>,
     queue: VecDeque<SpanData>,
+    /// Holds spans until their trace is decided, when tail sampling is on.
+    tail: Option<TailSampler>,
     pending: VecDeque<Body>,
     /// The body being delivered, if one is.
     in_flight: Option<(Body, SpawnHandle)>,
@@ -132,6 +137,7 @@ impl SpanExportActor {
         gauge: Arc<QueueGauge>,
     ) -> Self {
         Self {
+            tail: config.tail_sampling.map(TailSampler::new),
             config,
             encoder,
             transport: Rc::new(transport),
@@ -144,6 +150,28 @@ impl SpanExportActor {
             undelivered: 0,
             logged_causes: HashSet::new(),
         }
+    }
+
+    /// Moves tail-sampling decisions into the queue; releases the places of dropped spans.
+    fn take_decisions(&mut self, decisions: Decisions) {
+        if decisions.dropped > 0 {
+            self.gauge.release(decisions.dropped);
+            metrics::tail_sampling(false, decisions.dropped as u64);
+        }
+        if !decisions.kept.is_empty() {
+            metrics::tail_sampling(true, decisions.kept.len() as u64);
+            self.queue.extend(decisions.kept);
+        }
+    }
+
+    /// Decides every trace the tail sampler holds (flush and shutdown: what has finished is
+    /// exported now).
+    fn drain_tail(&mut self) {
+        let mut decisions = Decisions::default();
+        if let Some(tail) = &mut self.tail {
+            tail.drain(&mut decisions);
+        }
+        self.take_decisions(decisions);
     }
 
     /// Whether a flush or shutdown wants the queue emptied now, regardless of batch size.
@@ -308,6 +336,11 @@ impl Actor for SpanExportActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.config.schedule_delay, |act, ctx| {
+            if let Some(tail) = &mut act.tail {
+                let mut decisions = Decisions::default();
+                tail.expire(Instant::now(), &mut decisions);
+                act.take_decisions(decisions);
+            }
             act.pump(ctx, true);
             metrics::exporter_queue(act.gauge.held());
         });
@@ -322,7 +355,14 @@ impl Handler<Enqueue> for SpanExportActor {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
-        self.queue.push_back(msg.0);
+        match &mut self.tail {
+            None => self.queue.push_back(msg.0),
+            Some(tail) => {
+                let mut decisions = Decisions::default();
+                tail.offer(msg.0, Instant::now(), &mut decisions);
+                self.take_decisions(decisions);
+            }
+        }
         if self.queue.len() >= self.config.max_export_batch_size {
             self.pump(ctx, false);
         }
@@ -333,6 +373,7 @@ impl Handler<Flush> for SpanExportActor {
     type Result = ();
 
     fn handle(&mut self, msg: Flush, ctx: &mut Self::Context) {
+        self.drain_tail();
         self.flushes.push((self.queue.len(), msg.0));
         self.pump(ctx, true);
     }
@@ -347,6 +388,7 @@ impl Handler<Shutdown> for SpanExportActor {
             return;
         }
         self.shutdown = Some(msg.reply);
+        self.drain_tail();
         let remaining = msg.deadline.saturating_duration_since(Instant::now());
         ctx.run_later(remaining, |act, ctx| act.abandon(ctx));
         self.pump(ctx, true);

@@ -3,13 +3,14 @@
 //! ```text
 //!  request threads                         exporter thread ("otel-export", own actix System)
 //!  ───────────────                         ─────────────────────────────────────────────────
-//!  span ends ─▶ ActorSpanProcessor::on_end ──try_send──▶ SpanExportActor ─▶ otlp ─▶ transport ─▶ endpoint
+//!  span ends ─▶ ActorSpanProcessor::on_end ──try_send──▶ SpanExportActor ─▶ [tail] ─▶ otlp ─▶ transport ─▶ endpoint
 //!               (bound check, never waits)                (batching, timer, retries, flush, shutdown)
 //! ```
 
 mod actor;
 pub mod otlp;
 mod processor;
+mod tail;
 pub mod transport;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use opentelemetry_sdk::Resource;
 pub use actor::{BatchConfig, FlushReport};
 pub use otlp::{AttributeLimits, EncodedBatch, OtlpEncoder};
 pub use processor::ActorSpanProcessor;
+pub use tail::TailPolicy;
 pub use transport::RetryPolicy;
 
 use crate::telemetry::config::TelemetrySettings;
@@ -65,6 +67,7 @@ pub fn start(
         schedule_delay: settings.schedule_delay,
         export_deadline: settings.export_deadline,
         max_request_bytes: options.max_request_bytes,
+        tail_sampling: settings.tail_sampling,
     };
     let limits = AttributeLimits {
         count: settings.attribute_count_limit,
