@@ -84,11 +84,7 @@ impl TailSampler {
         });
         pending.failed |= failed;
         pending.spans.push(span);
-        if is_local_root {
-            let pending = self
-                .pending
-                .remove(&trace_id)
-                .unwrap_or_else(|| unreachable!());
+        if is_local_root && let Some(pending) = self.pending.remove(&trace_id) {
             let keep = pending.failed || slow || self.by_ratio(trace_id);
             self.remember(trace_id, keep, now);
             Self::settle(pending.spans, keep, out);
