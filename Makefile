@@ -49,4 +49,14 @@ dev-logs:
 
 # --- benchmarks (BENCHMARKS.md) ---
 # bench:start
+# Exporter throughput, ours against opentelemetry-otlp (criterion, plus a CPU account printed at
+# the end); the request-path overhead of tracing with wrk. BENCH_SINK=slow|silent runs the
+# exporter-isolation variants. Results and how to read them: BENCHMARKS.md.
+BENCH_SINK ?= healthy
+
+bench-exporter:
+	cargo bench --bench exporter
+
+bench-overhead:
+	scripts/bench/overhead.sh --sink $(BENCH_SINK)
 # bench:end

@@ -59,6 +59,8 @@ const QUEUE: usize = 131_072;
 const MAX_REQUEST_BYTES: usize = 20 * 1024 * 1024;
 /// Set in the child process that plays the sink; its value is the sink mode.
 const SINK_ENV: &str = "EXPORTER_BENCH_SINK";
+/// `ours` or `peer`: run that pipeline alone, for a profiler (see BENCHMARKS.md).
+const PROFILE_ENV: &str = "EXPORTER_BENCH_PROFILE";
 
 fn main() {
     if let Ok(mode) = std::env::var(SINK_ENV) {
@@ -70,6 +72,12 @@ fn main() {
     let settings = settings(sink.port);
     let resource = sidechain::telemetry::resource(&settings);
     let pool = span_pool(2048);
+
+    // For `perf record`: one pipeline alone, for ~20 s, nothing else.
+    if let Ok(which) = std::env::var(PROFILE_ENV) {
+        profile(&which, &settings, &resource, &pool, &sink);
+        return;
+    }
 
     let mut criterion = Criterion::default().configure_from_args();
     encode_benches(&mut criterion, &settings, &resource, &pool);
@@ -319,6 +327,45 @@ fn clone_round(pool: &[SpanData], n: usize) -> Round {
         requests: 0,
         bytes: 0,
     }
+}
+
+/// Rounds of one pipeline for ~20 s, for `perf record`; prints what they cost.
+fn profile(
+    which: &str,
+    settings: &TelemetrySettings,
+    resource: &Resource,
+    pool: &[SpanData],
+    sink: &SinkProcess,
+) {
+    const N: usize = 200 * BATCH;
+    let until = Instant::now() + Duration::from_secs(20);
+    let mut rounds = Vec::new();
+    match which {
+        "ours" => {
+            let ours = ours(settings, resource);
+            while Instant::now() < until {
+                rounds.push(round(&ours, pool, N, sink));
+            }
+            let _ = ours.shutdown_with_timeout(Duration::from_secs(10));
+        }
+        "peer" => {
+            let peer = peer(sink.port, resource);
+            while Instant::now() < until {
+                rounds.push(round(&peer, pool, N, sink));
+            }
+            let _ = peer.shutdown_with_timeout(Duration::from_secs(10));
+        }
+        other => panic!("{PROFILE_ENV} is ours or peer, not {other:?}"),
+    }
+    let cpu: Duration = rounds.iter().map(|r| r.cpu).sum();
+    let wall: Duration = rounds.iter().map(|r| r.wall).sum();
+    let spans = (rounds.len() * N) as f64;
+    println!(
+        "{which}: {} rounds of {N} spans, {:.2} CPU µs/span, {:.0} spans/s",
+        rounds.len(),
+        cpu.as_secs_f64() * 1e6 / spans,
+        spans / wall.as_secs_f64()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -571,13 +618,22 @@ fn cpu_account(
         encode_gzip_us,
         encode_gzip_us / encode_us
     );
+    // A counter that never moved is not in the exposition: absent means zero.
     let exposition = sidechain::telemetry::metrics::encode(false);
-    for line in exposition
-        .lines()
-        .filter(|l| l.starts_with("otel_exporter_spans_total"))
-    {
-        println!("ours, metrics: {line}");
-    }
+    let counter = |outcome: &str| {
+        let prefix = format!("otel_exporter_spans_total{{outcome=\"{outcome}\"}} ");
+        exposition
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or("0")
+            .to_owned()
+    };
+    println!(
+        "ours, otel_exporter_spans_total: exported {}, dropped_queue_full {}, failed {}",
+        counter("exported"),
+        counter("dropped_queue_full"),
+        counter("failed")
+    );
 }
 
 /// Process CPU time, all threads, in nanoseconds: the sum of `/proc/self/task/*/schedstat`.

@@ -130,22 +130,38 @@ v=sys.argv[1]; m=re.match(r"([0-9.]+)(us|ms|s|m)$", v)
 n=float(m.group(1)); print(n/1000 if m.group(2)=="us" else n if m.group(2)=="ms" else n*1000 if m.group(2)=="s" else n*60000)' "$1"
 }
 
-printf 'route\tserver\trep\tconns\trps\tp50_ms\tp90_ms\tp99_ms\terrors\n' >"$OUT/results.tsv"
+printf 'route\tserver\trep\tconns\trps\tp50_ms\tp90_ms\tp99_ms\terrors\tcpu_us_per_req\tbusy\n' >"$OUT/results.tsv"
+
+# CPU time (user + system, all threads) of a process, in clock ticks.
+cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+TICK_HZ=$(getconf CLK_TCK)
+# Other heavy work on the machine during a run (a build, a test suite) makes it noisy: say so.
+busy() { pgrep -c -x 'rustc|cargo|cargo-nextest|cc1|ld' 2>/dev/null || true; }
 
 run_wrk() { # route server(A|B) rep conns duration [record]
   local port=$PORT_A
   [ "$2" = B ] && port=$PORT_B
+  local pid=$PID_A
+  [ "$2" = B ] && pid=$PID_B
   local file="$OUT/wrk-$1-$2-$3-c$4.txt"
+  local ticks_before busy_before
+  ticks_before=$(cpu_ticks "$pid")
+  busy_before=$(busy)
   taskset -c "$LOAD_CPU" wrk -t1 -c"$4" -d"$5"s --latency "http://127.0.0.1:$port${ROUTES[$1]}" >"$file"
   [ "${6:-}" = record ] || return 0
-  local rps p50 p90 p99 errors
+  local rps p50 p90 p99 errors requests cpu_us busy_runs
+  busy_runs=$((busy_before + $(busy)))
+  requests=$(awk '/requests in/ {print $1}' "$file")
+  cpu_us=$(python3 -c "print(round(($(cpu_ticks "$pid") - $ticks_before) / $TICK_HZ * 1e6 / $requests, 1))")
   rps=$(awk '/^Requests\/sec:/ {print $2}' "$file")
   p50=$(to_ms "$(awk '$1 == "50%" {print $2}' "$file")")
   p90=$(to_ms "$(awk '$1 == "90%" {print $2}' "$file")")
   p99=$(to_ms "$(awk '$1 == "99%" {print $2}' "$file")")
   errors=$(awk '/Non-2xx|Socket errors/ {s = s $0 " "} END {print (s == "" ? "0" : s)}' "$file")
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$rps" "$p50" "$p90" "$p99" "$errors" >>"$OUT/results.tsv"
-  echo "  $1 $2 rep$3 c$4: $rps req/s, p50 ${p50} ms, p99 ${p99} ms" >&2
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" "$rps" "$p50" "$p90" "$p99" "$errors" "$cpu_us" "$busy_runs" >>"$OUT/results.tsv"
+  local note=""
+  [ "$busy_runs" -gt 0 ] && note=" (a build or test was running)"
+  echo "  $1 $2 rep$3 c$4: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, ${cpu_us} CPU µs/req$note" >&2
 }
 
 echo "overhead.sh: warm-up" >&2
@@ -175,7 +191,6 @@ done
   echo "rss_peak_kb	B	$(hwm_kb "$PID_B")"
 } >"$OUT/rss.tsv"
 curl -fsS "http://127.0.0.1:$PORT_B/metrics" | grep -E '^otel_exporter_(spans_total|queue_spans)' >"$OUT/metrics-B.txt" || true
-cp "$OUT/metrics-B.txt" "$OUT/metrics-B-before-drain.txt"
 
 python3 - "$OUT" "$SINK_MODE" "$LOG_LEVEL" "$DURATION" "$REPS" "$CONNS" "$POST_ID" <<'PY' | tee "$OUT/summary.md"
 import csv, statistics, sys, pathlib
@@ -190,15 +205,16 @@ print(f"wrk -t1, {duration} s per run, {reps} repetitions alternated A/B, median
       f"throughput at {conns} connections, latency at 1 connection; LOG_LEVEL={log_level}; "
       f"servers on core 1, wrk and sink on core 0; post {post_id}")
 print()
-print(f"| route | A req/s (c{conns}) | B req/s (c{conns}) | ratio B/A | A p50 / p99 ms (c1) | B p50 / p99 ms (c1) | added p50 / p99 ms (c1) | A p99 ms (c{conns}) | B p99 ms (c{conns}) |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print(f"| route | A req/s (c{conns}) | B req/s (c{conns}) | ratio B/A | A p50 / p99 ms (c1) | B p50 / p99 ms (c1) | added p50 / p99 ms (c1) | A p99 ms (c{conns}) | B p99 ms (c{conns}) | server CPU µs/req A → B (c{conns}) |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 names = {"health": "GET /health", "post": "GET /api/v1/posts/{id} (Postgres)", "feed": "GET /api/v1/feed/unified?type=global (Redis)"}
 for route in ("health", "post", "feed"):
     a, b = med(route, "A", conns, "rps"), med(route, "B", conns, "rps")
     a50, a99 = med(route, "A", "1", "p50_ms"), med(route, "A", "1", "p99_ms")
     b50, b99 = med(route, "B", "1", "p50_ms"), med(route, "B", "1", "p99_ms")
     print(f"| {names[route]} | {a:.0f} | {b:.0f} | {b/a:.3f} | {a50:.3f} / {a99:.3f} | {b50:.3f} / {b99:.3f} | "
-          f"{b50-a50:+.3f} / {b99-a99:+.3f} | {med(route, 'A', conns, 'p99_ms'):.3f} | {med(route, 'B', conns, 'p99_ms'):.3f} |")
+          f"{b50-a50:+.3f} / {b99-a99:+.3f} | {med(route, 'A', conns, 'p99_ms'):.3f} | {med(route, 'B', conns, 'p99_ms'):.3f} | "
+          f"{med(route, 'A', conns, 'cpu_us_per_req'):.1f} → {med(route, 'B', conns, 'cpu_us_per_req'):.1f} |")
 print()
 print("Throughput ratio per repetition (B/A, c{}): ".format(conns) + "; ".join(
     f"{route} " + ", ".join(
@@ -212,13 +228,23 @@ print(f"RSS (MiB): A {mb(rss[('rss_end_kb','A')]):.1f} (peak {mb(rss[('rss_peak_
       f"B {mb(rss[('rss_end_kb','B')]):.1f} (peak {mb(rss[('rss_peak_kb','B')]):.1f}); "
       f"overhead {mb(rss[('rss_end_kb','B')] - rss[('rss_end_kb','A')]):+.1f} MiB at the end, "
       f"{mb(rss[('rss_peak_kb','B')] - rss[('rss_peak_kb','A')]):+.1f} MiB at the peak")
+busy = sum(int(r["busy"] or 0) for r in rows)
+print(f"runs with another build or test process on the machine: {sum(1 for r in rows if int(r['busy'] or 0) > 0)} of {len(rows)}"
+      + (" (figures from those runs are noisier)" if busy else ""))
 errors = [r for r in rows if r["errors"] != "0"]
 print(f"wrk errors: {'none' if not errors else '; '.join(r['route'] + ' ' + r['server'] + ': ' + r['errors'] for r in errors)}")
 print()
-print("B's exporter metrics at the end of the load:")
+metrics = open(f"{out}/metrics-B.txt").read()
+def counter(outcome):
+    for line in metrics.splitlines():
+        if line.startswith(f'otel_exporter_spans_total{{outcome="{outcome}"}} '):
+            return line.split()[-1]
+    return "0"
+print("B's exporter at the end of the load (a counter absent from /metrics is zero): "
+      + ", ".join(f"{o} {counter(o)}" for o in ("exported", "dropped_queue_full", "dropped_rejected", "failed")))
 print()
-for line in open(f"{out}/metrics-B.txt"):
-    print(f"    {line.rstrip()}")
+for line in metrics.splitlines():
+    print(f"    {line}")
 sizes = [int(l) for l in open(f"{out}/sink.log") if l.strip()]
 print()
 print(f"sink: {len(sizes)} export requests received, {sum(sizes)} bytes")
