@@ -59,7 +59,7 @@ const QUEUE: usize = 131_072;
 const MAX_REQUEST_BYTES: usize = 20 * 1024 * 1024;
 /// Set in the child process that plays the sink; its value is the sink mode.
 const SINK_ENV: &str = "EXPORTER_BENCH_SINK";
-/// `ours` or `peer`: run that pipeline alone, for a profiler (see BENCHMARKS.md).
+/// `ours`, `peer` or `sketch`: run that pipeline alone, for a profiler (see BENCHMARKS.md).
 const PROFILE_ENV: &str = "EXPORTER_BENCH_PROFILE";
 
 fn main() {
@@ -261,6 +261,117 @@ fn peer(port: u16, resource: &Resource) -> BatchSpanProcessor {
     processor
 }
 
+/// A sketch of change 1 of BENCHMARKS.md ("What to change in src/"), to measure what it would
+/// buy: our encoder and transport (`OtlpEncoder`, `Transport::body`, `Transport::deliver`), but
+/// spans handed over through a bounded channel, with one wake-up of the export thread per batch
+/// instead of one actix message per span. A plain thread with a current-thread tokio runtime
+/// stands in for the actor; retries, the gauge and the metrics are left out.
+#[derive(Debug)]
+struct BatchedHandoff {
+    spans: std::sync::mpsc::SyncSender<SpanData>,
+    control: std::sync::mpsc::SyncSender<Control>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+    notified: Arc<std::sync::atomic::AtomicBool>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+enum Control {
+    /// A batch is waiting.
+    Batch,
+    Flush(std::sync::mpsc::SyncSender<()>),
+    Shutdown,
+}
+
+impl BatchedHandoff {
+    fn start(settings: &TelemetrySettings, resource: &Resource) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let (spans, span_rx) = std::sync::mpsc::sync_channel::<SpanData>(QUEUE);
+        let (control, control_rx) = std::sync::mpsc::sync_channel::<Control>(64);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let notified = Arc::new(AtomicBool::new(false));
+        let encoder = OtlpEncoder::new(resource, AttributeLimits::default());
+        let transport = Transport::new(settings, RetryPolicy::default())
+            .unwrap_or_else(|err| panic!("transport: {err}"));
+        let (thread_queued, thread_notified) = (Arc::clone(&queued), Arc::clone(&notified));
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap_or_else(|err| panic!("runtime: {err}"));
+            // Exports batches while at least `min` spans are queued.
+            let drain = |min: usize| {
+                while thread_queued.load(Ordering::Acquire) >= min.max(1) {
+                    let batch: Vec<SpanData> = span_rx.try_iter().take(BATCH).collect();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    thread_queued.fetch_sub(batch.len(), Ordering::AcqRel);
+                    for encoded in encoder.encode(batch, MAX_REQUEST_BYTES) {
+                        let body = transport.body(&encoded.bytes);
+                        let deadline = Instant::now() + Duration::from_secs(30);
+                        let _ = runtime.block_on(transport.deliver(body, deadline, || {}));
+                    }
+                }
+            };
+            for message in control_rx {
+                match message {
+                    Control::Batch => {
+                        thread_notified.store(false, Ordering::Release);
+                        drain(BATCH);
+                    }
+                    Control::Flush(reply) => {
+                        drain(1);
+                        let _ = reply.send(());
+                    }
+                    Control::Shutdown => {
+                        drain(1);
+                        return;
+                    }
+                }
+            }
+        });
+        Self {
+            spans,
+            control,
+            queued,
+            notified,
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+}
+
+impl SpanProcessor for BatchedHandoff {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        use std::sync::atomic::Ordering;
+        if self.spans.try_send(span).is_err() {
+            return;
+        }
+        let queued = self.queued.fetch_add(1, Ordering::AcqRel) + 1;
+        // One notification in flight at a time, and only for a full batch.
+        if queued >= BATCH && !self.notified.swap(true, Ordering::AcqRel) {
+            let _ = self.control.try_send(Control::Batch);
+        }
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        let (reply, done) = std::sync::mpsc::sync_channel(1);
+        let _ = self.control.send(Control::Flush(reply));
+        done.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| opentelemetry_sdk::error::OTelSdkError::Timeout(Duration::from_secs(60)))
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        let _ = self.control.send(Control::Shutdown);
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+        Ok(())
+    }
+}
+
 /// What one round through a pipeline cost.
 #[derive(Debug, Clone, Copy)]
 struct Round {
@@ -355,7 +466,14 @@ fn profile(
             }
             let _ = peer.shutdown_with_timeout(Duration::from_secs(10));
         }
-        other => panic!("{PROFILE_ENV} is ours or peer, not {other:?}"),
+        "sketch" => {
+            let sketch = BatchedHandoff::start(settings, resource);
+            while Instant::now() < until {
+                rounds.push(round(&sketch, pool, N, sink));
+            }
+            let _ = sketch.shutdown_with_timeout(Duration::from_secs(10));
+        }
+        other => panic!("{PROFILE_ENV} is ours, peer or sketch, not {other:?}"),
     }
     let cpu: Duration = rounds.iter().map(|r| r.cpu).sum();
     let wall: Duration = rounds.iter().map(|r| r.wall).sum();
@@ -466,8 +584,13 @@ fn cpu_account(
     spans: usize,
     rounds: usize,
 ) {
+    let sketch = BatchedHandoff::start(settings, resource);
     let mut by_name: HashMap<&str, Vec<Round>> = HashMap::new();
     for _ in 0..rounds {
+        by_name
+            .entry("sketch")
+            .or_default()
+            .push(round(&sketch, pool, spans, sink));
         by_name
             .entry("ours")
             .or_default()
@@ -481,6 +604,7 @@ fn cpu_account(
             .or_default()
             .push(clone_round(pool, spans));
     }
+    let _ = sketch.shutdown_with_timeout(Duration::from_secs(10));
     let n = spans as f64;
     let median = |name: &str, f: &dyn Fn(&Round) -> f64| -> f64 {
         let mut values: Vec<f64> = by_name[name].iter().map(f).collect();
@@ -499,7 +623,7 @@ fn cpu_account(
     let rate = |r: &Round| n / r.wall.as_secs_f64();
     let wire = |r: &Round| r.bytes as f64 / n;
 
-    for name in ["ours", "peer"] {
+    for name in ["ours", "peer", "sketch"] {
         for r in &by_name[name] {
             assert!(
                 r.requests >= (spans / BATCH) as u64,
@@ -589,6 +713,20 @@ fn cpu_account(
             by_name[name][0].requests,
         );
     }
+    let (lo, hi) = spread("sketch", &cpu_us);
+    let us = median("sketch", &cpu_us);
+    println!(
+        "| sketch: ours with one wake-up per batch | {:.0} | {:.2} | {:.2}–{:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {} |",
+        median("sketch", &rate),
+        us,
+        lo,
+        hi,
+        median("sketch", &ticks_us),
+        us - clone_us,
+        1e6 / us,
+        median("sketch", &wire),
+        by_name["sketch"][0].requests,
+    );
     let (lo, hi) = spread("clone", &cpu_us);
     println!(
         "| producer only (clone + drop) | {:.0} | {:.2} | {:.2}–{:.2} | {:.2} | – | – | – | – |",
@@ -603,6 +741,12 @@ fn cpu_account(
         "ratio ours/peer, spans per CPU-second: {:.2}× gross, {:.2}× net of the producer",
         peer_us / ours_us,
         (peer_us - clone_us) / (ours_us - clone_us)
+    );
+    let sketch_us = median("sketch", &cpu_us);
+    println!(
+        "ratio sketch/peer, spans per CPU-second: {:.2}× gross, {:.2}× net of the producer",
+        peer_us / sketch_us,
+        (peer_us - clone_us) / (sketch_us - clone_us)
     );
     println!(
         "encoded (uncompressed) bytes/span: {:.1}; gzip fast: {:.1} ({:.1}:1)",

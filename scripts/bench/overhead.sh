@@ -19,7 +19,7 @@
 # one actix worker); wrk and the sink on core 0; Postgres and Redis are not pinned.
 # Logs: LOG_LEVEL=info for both servers (an access line per request), stdout to /dev/null.
 #
-# Environment: DURATION (s per wrk run, default 10), REPS (default 2), CONNS (default 16),
+# Environment: DURATION (s per wrk run, default 8), REPS (default 3), CONNS (default 16),
 # LOG_LEVEL (default info), SKIP_BUILD=1, FORCE_SEED=1, PG (default postgres://postgres@127.0.0.1:5432),
 # REDIS_URL (default redis://127.0.0.1:6379).
 # Results: target/bench-overhead/<sink>/ (raw wrk output, results.tsv, summary.md).
@@ -36,8 +36,8 @@ while [ $# -gt 0 ]; do
 done
 case "$SINK_MODE" in healthy|slow|silent) ;; *) echo "overhead.sh: --sink healthy|slow|silent" >&2; exit 2 ;; esac
 
-DURATION="${DURATION:-10}"
-REPS="${REPS:-2}"
+DURATION="${DURATION:-8}"
+REPS="${REPS:-3}"
 CONNS="${CONNS:-16}"
 LOG_LEVEL="${LOG_LEVEL:-info}"
 PG="${PG:-postgres://postgres@127.0.0.1:5432}"
@@ -136,7 +136,7 @@ printf 'route\tserver\trep\tconns\trps\tp50_ms\tp90_ms\tp99_ms\terrors\tcpu_us_p
 cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 TICK_HZ=$(getconf CLK_TCK)
 # Other heavy work on the machine during a run (a build, a test suite) makes it noisy: say so.
-busy() { pgrep -c -x 'rustc|cargo|cargo-nextest|cc1|ld' 2>/dev/null || true; }
+busy() { ps -eo comm= | grep -cxE 'rustc|cargo|cargo-nextest|cc1|ld' || true; }
 
 run_wrk() { # route server(A|B) rep conns duration [record]
   local port=$PORT_A
