@@ -50,8 +50,8 @@ SERVER_CPU=1
 LOAD_CPU=0
 OUT="target/bench-overhead/$SINK_MODE"
 
-for tool in wrk psql curl taskset python3; do
-  command -v "$tool" >/dev/null || { echo "overhead.sh: $tool is needed (apt-get install -y wrk postgresql-client curl util-linux)" >&2; exit 1; }
+for tool in wrk psql redis-cli curl taskset python3; do
+  command -v "$tool" >/dev/null || { echo "overhead.sh: $tool is needed (apt-get install -y wrk postgresql-client redis-tools curl util-linux python3)" >&2; exit 1; }
 done
 
 scripts/local-services.sh
