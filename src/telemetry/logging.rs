@@ -53,6 +53,13 @@ const CHANNEL_LINES: usize = 16 * 1024;
 /// Builds the pipeline and installs the global logger. Returns the bridge layer for tracing
 /// events (to be added to the subscriber) and the guard that flushes on drop.
 pub fn init(service: &str, level: LogLevel, sink: LogSink) -> (TracingBridge, LogGuard) {
+    let bridge_level = match level {
+        LogLevel::Trace => tracing::Level::TRACE,
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Error => tracing::Level::ERROR,
+    };
     let writer: Box<dyn Write + Send> = match sink {
         LogSink::Stdout => Box::new(std::io::stdout()),
         LogSink::Writer(w) => w,
@@ -82,6 +89,7 @@ pub fn init(service: &str, level: LogLevel, sink: LogSink) -> (TracingBridge, Lo
     (
         TracingBridge {
             logger: base,
+            level: bridge_level,
             no_values: OwnedKVList::from(o!()),
             dispatch: OnceLock::new(),
         },
@@ -171,6 +179,10 @@ impl Drain for TraceContext {
 /// as slog lines of the same shape.
 pub struct TracingBridge {
     logger: Logger,
+    /// The most verbose level written. Checked in `on_event` rather than by a per-layer
+    /// filter: a filtered layer costs a registry lookup on every span enter, exit and record,
+    /// for spans this layer never looks at.
+    level: tracing::Level,
     no_values: OwnedKVList,
     dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
 }
@@ -203,8 +215,17 @@ where
         let _ = self.dispatch.set(subscriber.downgrade());
     }
 
+    /// Tells tracing that nothing more verbose than the log level is wanted here, so such
+    /// callsites stay disabled (the OpenTelemetry layer's own filter only asks for INFO).
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::from_level(self.level))
+    }
+
     fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
+        if *meta.level() > self.level {
+            return;
+        }
         let mut fields = EventFields::default();
         event.record(&mut fields);
         let span = ctx

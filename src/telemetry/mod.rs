@@ -26,7 +26,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{LevelFilter, filter_fn};
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 
 use crate::config::{LogLevel, Settings};
@@ -71,7 +71,6 @@ pub fn init(settings: &Settings, options: TelemetryOptions) -> Result<Telemetry,
     let otel = &settings.telemetry;
     let (bridge, log_guard) =
         logging::init(&otel.service_name, settings.log_level, options.log_sink);
-    let level = tracing_level(settings.log_level);
 
     let provider = if otel.enabled {
         let resource = resource(otel);
@@ -98,15 +97,15 @@ pub fn init(settings: &Settings, options: TelemetryOptions) -> Result<Telemetry,
             .with_tracked_inactivity(false)
             .with_level(false)
             .with_target(false)
+            // We read span contexts through the span (`OpenTelemetrySpanExt::context`), never
+            // through `Context::current()`: attaching a context on every enter and exit of a
+            // span (actix polls the request's future many times) would be pure overhead.
+            .with_context_activation(false)
             // Only our spans become OpenTelemetry spans: libraries' internal spans (hyper, h2,
             // the exporter's own HTTP client) would be noise, or a feedback loop.
-            .with_filter(filter_fn(|meta| {
-                meta.target().starts_with("sidechain") && *meta.level() <= tracing::Level::INFO
-            }))
+            .with_filter(Targets::new().with_target("sidechain", tracing::Level::INFO))
     });
-    let subscriber = tracing_subscriber::registry()
-        .with(otel_layer)
-        .with(bridge.with_filter(LevelFilter::from_level(level)));
+    let subscriber = tracing_subscriber::registry().with(otel_layer).with(bridge);
     tracing::subscriber::set_global_default(subscriber)
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     // `log` records (actix-server, redis, …) become tracing events, then log lines.
@@ -170,16 +169,6 @@ pub fn resource(otel: &TelemetrySettings) -> Resource {
         ));
     }
     builder.build()
-}
-
-fn tracing_level(level: LogLevel) -> tracing::Level {
-    match level {
-        LogLevel::Trace => tracing::Level::TRACE,
-        LogLevel::Debug => tracing::Level::DEBUG,
-        LogLevel::Info => tracing::Level::INFO,
-        LogLevel::Warn => tracing::Level::WARN,
-        LogLevel::Error => tracing::Level::ERROR,
-    }
 }
 
 fn log_level_filter(level: LogLevel) -> log::LevelFilter {

@@ -86,7 +86,6 @@ impl RootSpanBuilder for SidechainRootSpan {
             http.request.method = method,
             http.route = route.as_deref(),
             url.path = request.path(),
-            url.scheme = request.connection_info().scheme(),
             client.address = client_address.as_deref(),
             user_agent.original = user_agent,
             http.response.status_code = Empty,

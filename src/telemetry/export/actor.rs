@@ -1,7 +1,7 @@
 //! `SpanExportActor`: the one owner of the export queue, on its own thread.
 //!
 //! ```text
-//!            Enqueue(span) ──┐ (try_send from on_end)
+//!   Enqueue(spans) ──────────┐ (try_send from on_end, a chunk at a time; see Staging)
 //!   Flush(reply)/Shutdown ───┤ (do_send: control is never dropped)
 //!                            ▼
 //!   ┌──────────────── SpanExportActor (own System, own thread) ─────────────────┐
@@ -23,9 +23,9 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -63,10 +63,61 @@ impl QueueGauge {
     }
 }
 
-/// A finished span for the queue.
+/// Spans handed over by `on_end` but not yet sent to the actor.
+///
+/// Sending each span as its own message would wake the export thread once per span: on a busy
+/// server that wake-up (a syscall on the request thread, a context switch on the export
+/// thread) costs more than everything else the exporter does for the span. So `on_end` appends
+/// the span here and sends a message only when a chunk is full; the actor takes whatever is
+/// left on each timer tick and before a flush or shutdown. The lock is only ever tried: a
+/// caller that finds it taken sends its span alone instead of waiting.
+#[derive(Debug)]
+pub struct Staging {
+    spans: Mutex<Vec<SpanData>>,
+    chunk: usize,
+}
+
+impl Staging {
+    pub fn new(chunk: usize) -> Self {
+        Self {
+            spans: Mutex::new(Vec::with_capacity(chunk)),
+            chunk: chunk.max(1),
+        }
+    }
+
+    /// Adds a span. `Ok(Some(chunk))`: a full chunk to send now; `Err(span)`: the buffer is in
+    /// use, send the span by itself.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the span goes back to the caller by move; boxing it would cost an allocation per span on the request path"
+    )]
+    pub fn push(&self, span: SpanData) -> Result<Option<Vec<SpanData>>, SpanData> {
+        let Ok(mut spans) = self.spans.try_lock() else {
+            return Err(span);
+        };
+        spans.push(span);
+        if spans.len() < self.chunk {
+            return Ok(None);
+        }
+        Ok(Some(std::mem::replace(
+            &mut *spans,
+            Vec::with_capacity(self.chunk),
+        )))
+    }
+
+    /// Everything staged so far.
+    pub fn take(&self) -> Vec<SpanData> {
+        match self.spans.lock() {
+            Ok(mut spans) => std::mem::take(&mut *spans),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+}
+
+/// Finished spans for the queue.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Enqueue(pub SpanData);
+pub struct Enqueue(pub Vec<SpanData>);
 
 /// Export everything queued now; the reply comes when those spans are settled.
 #[derive(Message)]
@@ -113,6 +164,7 @@ pub struct SpanExportActor {
     encoder: OtlpEncoder,
     transport: Rc<Transport>,
     gauge: Arc<QueueGauge>,
+    staging: Arc<Staging>,
     queue: VecDeque<SpanData>,
     /// Holds spans until their trace is decided, when tail sampling is on.
     tail: Option<TailSampler>,
@@ -135,6 +187,7 @@ impl SpanExportActor {
         encoder: OtlpEncoder,
         transport: Transport,
         gauge: Arc<QueueGauge>,
+        staging: Arc<Staging>,
     ) -> Self {
         Self {
             tail: config.tail_sampling.map(TailSampler::new),
@@ -142,6 +195,7 @@ impl SpanExportActor {
             encoder,
             transport: Rc::new(transport),
             gauge,
+            staging,
             queue: VecDeque::new(),
             pending: VecDeque::new(),
             in_flight: None,
@@ -161,6 +215,29 @@ impl SpanExportActor {
         if !decisions.kept.is_empty() {
             metrics::tail_sampling(true, decisions.kept.len() as u64);
             self.queue.extend(decisions.kept);
+        }
+    }
+
+    /// Takes finished spans into the queue (through the tail sampler, when it is on).
+    fn accept(&mut self, spans: Vec<SpanData>) {
+        match &mut self.tail {
+            None => self.queue.extend(spans),
+            Some(tail) => {
+                let mut decisions = Decisions::default();
+                let now = Instant::now();
+                for span in spans {
+                    tail.offer(span, now, &mut decisions);
+                }
+                self.take_decisions(decisions);
+            }
+        }
+    }
+
+    /// Takes what `on_end` staged since the last chunk.
+    fn accept_staged(&mut self) {
+        let staged = self.staging.take();
+        if !staged.is_empty() {
+            self.accept(staged);
         }
     }
 
@@ -336,6 +413,7 @@ impl Actor for SpanExportActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.config.schedule_delay, |act, ctx| {
+            act.accept_staged();
             if let Some(tail) = &mut act.tail {
                 let mut decisions = Decisions::default();
                 tail.expire(Instant::now(), &mut decisions);
@@ -355,14 +433,7 @@ impl Handler<Enqueue> for SpanExportActor {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
-        match &mut self.tail {
-            None => self.queue.push_back(msg.0),
-            Some(tail) => {
-                let mut decisions = Decisions::default();
-                tail.offer(msg.0, Instant::now(), &mut decisions);
-                self.take_decisions(decisions);
-            }
-        }
+        self.accept(msg.0);
         if self.queue.len() >= self.config.max_export_batch_size {
             self.pump(ctx, false);
         }
@@ -373,6 +444,7 @@ impl Handler<Flush> for SpanExportActor {
     type Result = ();
 
     fn handle(&mut self, msg: Flush, ctx: &mut Self::Context) {
+        self.accept_staged();
         self.drain_tail();
         self.flushes.push((self.queue.len(), msg.0));
         self.pump(ctx, true);
@@ -388,6 +460,7 @@ impl Handler<Shutdown> for SpanExportActor {
             return;
         }
         self.shutdown = Some(msg.reply);
+        self.accept_staged();
         self.drain_tail();
         let remaining = msg.deadline.saturating_duration_since(Instant::now());
         ctx.run_later(remaining, |act, ctx| act.abandon(ctx));

@@ -25,7 +25,7 @@ pub use tail::TailPolicy;
 pub use transport::RetryPolicy;
 
 use crate::telemetry::config::TelemetrySettings;
-use actor::{QueueGauge, SpanExportActor};
+use actor::{QueueGauge, SpanExportActor, Staging};
 use transport::Transport;
 
 /// The exporter could not start.
@@ -38,6 +38,10 @@ pub enum ExporterError {
     #[error("the exporter thread stopped during start-up")]
     Startup,
 }
+
+/// Spans per message from `on_end` to the actor: one wake-up of the export thread per this many
+/// spans (fewer when the batch size is smaller).
+const STAGING_CHUNK: usize = 64;
 
 /// What is not configuration but may be changed by tests and benchmarks.
 #[derive(Debug, Clone, Copy)]
@@ -76,10 +80,14 @@ pub fn start(
     let encoder = OtlpEncoder::new(resource, limits);
     let transport = Transport::new(settings, options.retry)?;
     let gauge = Arc::new(QueueGauge::default());
+    let staging = Arc::new(Staging::new(
+        STAGING_CHUNK.min(settings.max_export_batch_size),
+    ));
     let max_queue_size = settings.max_queue_size;
 
     let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
     let actor_gauge = Arc::clone(&gauge);
+    let actor_staging = Arc::clone(&staging);
     let thread = std::thread::Builder::new()
         .name("otel-export".into())
         .spawn(move || {
@@ -89,7 +97,7 @@ pub fn start(
                     // The gauge bounds what the exporter holds; the mailbox only has to be at
                     // least as large so that it is never the tighter bound.
                     ctx.set_mailbox_capacity(max_queue_size);
-                    SpanExportActor::new(batch, encoder, transport, actor_gauge)
+                    SpanExportActor::new(batch, encoder, transport, actor_gauge, actor_staging)
                 });
                 let _ = addr_tx.send(addr);
             });
@@ -100,6 +108,7 @@ pub fn start(
     Ok(ActorSpanProcessor::new(
         addr,
         gauge,
+        staging,
         max_queue_size,
         settings.export_deadline,
         thread,

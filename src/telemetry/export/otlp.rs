@@ -73,14 +73,20 @@ impl OtlpEncoder {
         let converter = Converter {
             limits: self.limits,
         };
+        // Nearly always one scope: compare in place and clone a scope only when it is new.
         let mut scopes: Vec<(InstrumentationScope, Vec<trace::Span>)> = Vec::new();
         for span in spans {
-            let scope = span.instrumentation_scope.clone();
-            let proto = converter.span(span);
-            match scopes.iter_mut().find(|(s, _)| *s == scope) {
-                Some((_, list)) => list.push(proto),
-                None => scopes.push((scope, vec![proto])),
-            }
+            let group = match scopes
+                .iter()
+                .position(|(s, _)| *s == span.instrumentation_scope)
+            {
+                Some(i) => i,
+                None => {
+                    scopes.push((span.instrumentation_scope.clone(), Vec::new()));
+                    scopes.len() - 1
+                }
+            };
+            scopes[group].1.push(converter.span(span));
         }
         let scope_spans = scopes
             .into_iter()

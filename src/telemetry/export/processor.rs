@@ -1,7 +1,8 @@
 //! `ActorSpanProcessor`: the SDK's view of the exporter.
 //!
 //! `on_end` is on the request path, so it does the least possible: check the queue bound (one
-//! atomic), then `try_send` the span to the actor. It never waits: when the exporter holds
+//! atomic), stage the span, and `try_send` a chunk of staged spans to the actor when one is
+//! full (see [`Staging`] for why chunks). It never waits: when the exporter holds
 //! `OTEL_BSP_MAX_QUEUE_SIZE` spans, the span is dropped, counted, and the first drop is logged.
 //! Flush and shutdown are messages carrying their reply channel; only they wait, and only for a
 //! bounded time.
@@ -16,7 +17,7 @@ use opentelemetry::Context;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
-use super::actor::{Enqueue, Flush, FlushReport, QueueGauge, Shutdown, SpanExportActor};
+use super::actor::{Enqueue, Flush, FlushReport, QueueGauge, Shutdown, SpanExportActor, Staging};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, SpanOutcome};
 
@@ -25,6 +26,7 @@ use crate::telemetry::metrics::{self, SpanOutcome};
 pub struct ActorSpanProcessor {
     addr: Addr<SpanExportActor>,
     gauge: Arc<QueueGauge>,
+    staging: Arc<Staging>,
     max_queue_size: usize,
     flush_timeout: Duration,
     warned_full: AtomicBool,
@@ -36,6 +38,7 @@ impl ActorSpanProcessor {
     pub(super) fn new(
         addr: Addr<SpanExportActor>,
         gauge: Arc<QueueGauge>,
+        staging: Arc<Staging>,
         max_queue_size: usize,
         flush_timeout: Duration,
         thread: JoinHandle<()>,
@@ -43,6 +46,7 @@ impl ActorSpanProcessor {
         Self {
             addr,
             gauge,
+            staging,
             max_queue_size,
             flush_timeout,
             warned_full: AtomicBool::new(false),
@@ -51,8 +55,8 @@ impl ActorSpanProcessor {
         }
     }
 
-    fn drop_full(&self) {
-        metrics::exporter_spans(SpanOutcome::DroppedQueueFull, 1);
+    fn drop_full(&self, spans: usize) {
+        metrics::exporter_spans(SpanOutcome::DroppedQueueFull, spans as u64);
         if !self.warned_full.swap(true, Ordering::Relaxed) {
             slog::warn!(logging::logger(), "span export queue is full; dropping spans until it drains";
                 "max_queue_size" => self.max_queue_size,
@@ -82,12 +86,18 @@ impl SpanProcessor for ActorSpanProcessor {
             return;
         }
         if !self.gauge.try_reserve(self.max_queue_size) {
-            self.drop_full();
+            self.drop_full(1);
             return;
         }
-        if self.addr.try_send(Enqueue(span)).is_err() {
-            self.gauge.release(1);
-            self.drop_full();
+        let send = match self.staging.push(span) {
+            Ok(None) => return,
+            Ok(Some(chunk)) => chunk,
+            Err(span) => vec![span],
+        };
+        let spans = send.len();
+        if self.addr.try_send(Enqueue(send)).is_err() {
+            self.gauge.release(spans);
+            self.drop_full(spans);
         }
     }
 
