@@ -1,10 +1,5 @@
 use std::process::ExitCode;
 
-// mimalloc rather than glibc's allocator: spans are allocated on the request threads and freed
-// on the export thread, a pattern glibc's per-thread arenas handle poorly; measured in
-// BENCHMARKS.md, it speeds up every route, traced or not.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use sidechain::config::Settings;
 use sidechain::errors::ErrorChain;
