@@ -1,6 +1,5 @@
 use std::process::ExitCode;
 
-
 use sidechain::config::Settings;
 use sidechain::errors::ErrorChain;
 use sidechain::startup::Application;
