@@ -537,6 +537,8 @@ fn encode_benches(
         )
     });
     group.bench_function("gzip_fast_512", |b| b.iter(|| transport.body(bytes)));
+    // flate2's streaming encoder at level 1, which `Transport::body` used before libdeflate.
+    group.bench_function("gzip_flate2_fast_512", |b| b.iter(|| gzip(bytes, 1)));
     group.bench_function("gzip_default_512", |b| b.iter(|| gzip(bytes, 6)));
     group.finish();
 }

@@ -75,6 +75,7 @@ impl OtlpEncoder {
         };
         // Nearly always one scope: compare in place and clone a scope only when it is new.
         let mut scopes: Vec<(InstrumentationScope, Vec<trace::Span>)> = Vec::new();
+        let spans_len = spans.len();
         for span in spans {
             let group = match scopes
                 .iter()
@@ -82,7 +83,12 @@ impl OtlpEncoder {
             {
                 Some(i) => i,
                 None => {
-                    scopes.push((span.instrumentation_scope.clone(), Vec::new()));
+                    // Sized for the usual case, where every span of the batch has this scope.
+                    let capacity = if scopes.is_empty() { spans_len } else { 0 };
+                    scopes.push((
+                        span.instrumentation_scope.clone(),
+                        Vec::with_capacity(capacity),
+                    ));
                     scopes.len() - 1
                 }
             };
@@ -124,8 +130,9 @@ impl OtlpEncoder {
         let spans = span_count(&request);
         if len <= max_bytes || spans <= 1 {
             let mut bytes = Vec::with_capacity(len);
-            // Encoding into a Vec only fails for lack of capacity, which was reserved.
-            let _ = request.encode(&mut bytes);
+            // `encode_raw`, not `encode`: the length is known, and `encode` would walk the
+            // whole tree once more to check it against the capacity just reserved.
+            request.encode_raw(&mut bytes);
             out.push(EncodedBatch { spans, bytes });
             return;
         }
@@ -276,7 +283,8 @@ impl Converter {
         attributes: impl IntoIterator<Item = KeyValue>,
         dropped: &mut u32,
     ) -> Vec<common::KeyValue> {
-        let mut out = Vec::new();
+        let attributes = attributes.into_iter();
+        let mut out = Vec::with_capacity(attributes.size_hint().0.min(self.limits.count));
         for kv in attributes {
             if out.len() >= self.limits.count {
                 *dropped += 1;

@@ -8,11 +8,11 @@
 //!                                  └▶ any other status ────────────────────────▶ Rejected (never retried)
 //! ```
 
-use std::io::Write as _;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use flate2::write::GzEncoder;
+use libdeflater::{CompressionLvl, Compressor};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message;
 use reqwest::StatusCode;
@@ -129,12 +129,31 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// gzip with libdeflate at level 1 (its level 0 stores without compressing). The whole batch is
+/// in memory, so a one-shot compressor fits: it spends about a quarter less CPU than flate2's
+/// streaming `fast` level for a body a tenth smaller (BENCHMARKS.md). The compressor and the
+/// output buffer are kept from batch to batch, so that a batch allocates only its body.
+struct Gzip {
+    compressor: Compressor,
+    scratch: Vec<u8>,
+}
+
+/// The largest output buffer kept between batches: a default batch needs a few hundred KiB.
+const KEPT_SCRATCH_BYTES: usize = 4 << 20;
+
+/// libdeflate's fastest level that compresses.
+const GZIP_LEVEL: CompressionLvl = match CompressionLvl::new(1) {
+    Ok(level) => level,
+    Err(_) => panic!("libdeflate has a level 1"),
+};
+
 /// Sends encoded batches to the traces endpoint.
 pub struct Transport {
     client: reqwest::Client,
     url: Url,
     headers: HeaderMap,
     compression: Compression,
+    gzip: Mutex<Gzip>,
     attempt_timeout: Duration,
     policy: RetryPolicy,
 }
@@ -168,6 +187,10 @@ impl Transport {
             url: settings.traces_endpoint.clone(),
             headers,
             compression: settings.compression,
+            gzip: Mutex::new(Gzip {
+                compressor: Compressor::new(GZIP_LEVEL),
+                scratch: Vec::new(),
+            }),
             attempt_timeout: settings.export_timeout,
             policy,
         })
@@ -188,13 +211,24 @@ impl Transport {
         match self.compression {
             Compression::None => Bytes::copy_from_slice(encoded),
             Compression::Gzip => {
-                let mut gz = GzEncoder::new(
-                    Vec::with_capacity(encoded.len() / 4 + 64),
-                    flate2::Compression::fast(),
-                );
-                // Writing into a Vec cannot fail.
-                let _ = gz.write_all(encoded);
-                Bytes::from(gz.finish().unwrap_or_default())
+                // Only the export thread compresses: the lock is never contended.
+                let mut gzip = self.gzip.lock().unwrap_or_else(PoisonError::into_inner);
+                let Gzip {
+                    compressor,
+                    scratch,
+                } = &mut *gzip;
+                let bound = compressor.gzip_compress_bound(encoded.len());
+                if scratch.len() < bound {
+                    scratch.resize(bound, 0);
+                }
+                // The buffer has the bound's size, so compression cannot run out of room.
+                let written = compressor.gzip_compress(encoded, scratch).unwrap_or(0);
+                let body = Bytes::copy_from_slice(&scratch[..written]);
+                // An outsized batch (up to the 20 MiB bound) does not keep its buffer.
+                if scratch.len() > KEPT_SCRATCH_BYTES {
+                    *scratch = Vec::new();
+                }
+                body
             }
         }
     }
@@ -328,6 +362,43 @@ mod tests {
         assert!(values.iter().all(|v| (0.0..1.0).contains(v)));
         let mean = values.iter().sum::<f64>() / values.len() as f64;
         assert!((0.4..0.6).contains(&mean), "{mean}");
+    }
+
+    fn transport(compression: &str) -> Transport {
+        let vars = [("OTEL_EXPORTER_OTLP_COMPRESSION", compression.to_owned())];
+        let env = crate::config::Env::new(move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.clone())
+        });
+        let settings = TelemetrySettings::from_source(&env).expect("settings");
+        Transport::new(&settings, RetryPolicy::default()).expect("transport")
+    }
+
+    #[test]
+    fn gzip_body_is_compressed_and_decodes_to_the_batch() {
+        let batch: Vec<u8> = (0..20_000u32)
+            .flat_map(|i| format!("GET /api/v1/posts/{} ", i % 97).into_bytes())
+            .collect();
+        let gzip = transport("gzip");
+        let first = gzip.body(&batch);
+        assert!(
+            first.len() < batch.len() / 4,
+            "{} of {} bytes: not compressed",
+            first.len(),
+            batch.len()
+        );
+        // The compressor is reused: a second body is just as good.
+        for body in [first, gzip.body(&batch)] {
+            let mut decoded = Vec::new();
+            std::io::Read::read_to_end(
+                &mut flate2::read::GzDecoder::new(body.as_ref()),
+                &mut decoded,
+            )
+            .expect("valid gzip");
+            assert_eq!(decoded, batch);
+        }
+        assert_eq!(transport("none").body(&batch).as_ref(), batch.as_slice());
     }
 
     #[test]
