@@ -130,7 +130,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 }
 
 /// gzip with libdeflate at level 1 (its level 0 stores without compressing). The whole batch is
-/// in memory, so a one-shot compressor fits: it spends about a quarter less CPU than flate2's
+/// in memory, so a one-shot compressor fits: it spends about a fifth less CPU than flate2's
 /// streaming `fast` level for a body a tenth smaller (BENCHMARKS.md). The compressor and the
 /// output buffer are kept from batch to batch, so that a batch allocates only its body.
 struct Gzip {
