@@ -186,6 +186,42 @@ impl<'a> Env<'a> {
         Ok(value)
     }
 
+    /// A duration given in whole milliseconds, within `min..=max` of them.
+    pub fn millis(
+        &self,
+        name: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.bounded(name, default, min, max)
+            .map(Duration::from_millis)
+    }
+
+    /// A duration given in whole seconds, within `min..=max` of them.
+    pub fn seconds(
+        &self,
+        name: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
+        self.bounded(name, default, min, max)
+            .map(Duration::from_secs)
+    }
+
+    /// A fraction within `0.0..=1.0` (a sampling rate).
+    pub fn ratio(&self, name: &'static str, default: f64) -> Result<f64, ConfigError> {
+        let value: f64 = self.parse(name, default)?;
+        if !(0.0..=1.0).contains(&value) {
+            return Err(ConfigError::new(
+                name,
+                format!("{value} is outside 0.0..=1.0"),
+            ));
+        }
+        Ok(value)
+    }
+
     pub fn bool(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
         match self.get(name) {
             None => Ok(default),
@@ -217,25 +253,10 @@ impl Settings {
         check_url("DATABASE_URL", &database_url, &["postgres", "postgresql"])?;
         let database = DatabaseSettings {
             url: database_url,
-            connect_timeout: Duration::from_secs(env.bounded(
-                "DB_CONNECT_TIMEOUT_S",
-                30u64,
-                0,
-                3600,
-            )?),
+            connect_timeout: env.seconds("DB_CONNECT_TIMEOUT_S", 30, 0, 3600)?,
             pool_size: env.bounded("DB_POOL_SIZE", 16u32, 1, 1000)?,
-            pool_timeout: Duration::from_millis(env.bounded(
-                "DB_POOL_TIMEOUT_MS",
-                5000u64,
-                1,
-                600_000,
-            )?),
-            slow_query: Duration::from_millis(env.bounded(
-                "DB_SLOW_QUERY_MS",
-                500u64,
-                0,
-                3_600_000,
-            )?),
+            pool_timeout: env.millis("DB_POOL_TIMEOUT_MS", 5000, 1, 600_000)?,
+            slow_query: env.millis("DB_SLOW_QUERY_MS", 500, 0, 3_600_000)?,
         };
 
         let redis_url = env.string("REDIS_URL", "redis://127.0.0.1:6379");
@@ -247,12 +268,7 @@ impl Settings {
         let redis = RedisSettings {
             url: redis_url,
             key_prefix: env.string("REDIS_KEY_PREFIX", "sidechain:"),
-            op_timeout: Duration::from_millis(env.bounded(
-                "REDIS_TIMEOUT_MS",
-                250u64,
-                1,
-                60_000,
-            )?),
+            op_timeout: env.millis("REDIS_TIMEOUT_MS", 250, 1, 60_000)?,
             pool_size: env.bounded("REDIS_POOL_SIZE", 32usize, 1, 1000)?,
         };
 
@@ -262,12 +278,7 @@ impl Settings {
                 let base_url = check_url("RECOMMENDER_URL", raw.trim(), &["http", "https"])?;
                 Some(RecommenderSettings {
                     base_url,
-                    timeout: Duration::from_millis(env.bounded(
-                        "RECOMMENDER_TIMEOUT_MS",
-                        800u64,
-                        1,
-                        60_000,
-                    )?),
+                    timeout: env.millis("RECOMMENDER_TIMEOUT_MS", 800, 1, 60_000)?,
                 })
             }
         };
@@ -278,19 +289,9 @@ impl Settings {
             redis,
             recommender,
             log_level: env.parse("LOG_LEVEL", LogLevel::Info)?,
-            feed_cache_ttl: Duration::from_secs(env.bounded(
-                "FEED_CACHE_TTL_S",
-                30u64,
-                1,
-                86_400,
-            )?),
+            feed_cache_ttl: env.seconds("FEED_CACHE_TTL_S", 30, 1, 86_400)?,
             token_ttl: Duration::from_secs(env.bounded("TOKEN_TTL_DAYS", 30u64, 1, 3650)? * 86_400),
-            shutdown_timeout: Duration::from_secs(env.bounded(
-                "SHUTDOWN_TIMEOUT_S",
-                30u64,
-                0,
-                3600,
-            )?),
+            shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_S", 30, 0, 3600)?,
             tracecontext_test_endpoint: env.bool("TRACECONTEXT_TEST_ENDPOINT", false)?,
             telemetry: TelemetrySettings::from_source(env)?,
         })

@@ -63,13 +63,7 @@ pub struct TelemetrySettings {
 
 impl TelemetrySettings {
     pub fn from_source(env: &Env<'_>) -> Result<Self, ConfigError> {
-        let sampler_rate: f64 = env.parse("OTEL_TRACE_SAMPLER_RATE", 1.0)?;
-        if !(0.0..=1.0).contains(&sampler_rate) {
-            return Err(ConfigError::new(
-                "OTEL_TRACE_SAMPLER_RATE",
-                format!("{sampler_rate} is outside 0.0..=1.0"),
-            ));
-        }
+        let sampler_rate = env.ratio("OTEL_TRACE_SAMPLER_RATE", 1.0)?;
 
         let max_queue_size = env.bounded("OTEL_BSP_MAX_QUEUE_SIZE", 8192usize, 1, 10_000_000)?;
         let max_export_batch_size =
@@ -142,27 +136,10 @@ impl TelemetrySettings {
         };
 
         let tail_sampling = if env.bool("OTEL_TAIL_SAMPLING", false)? {
-            let ratio: f64 = env.parse("OTEL_TAIL_SAMPLING_RATIO", 0.1)?;
-            if !(0.0..=1.0).contains(&ratio) {
-                return Err(ConfigError::new(
-                    "OTEL_TAIL_SAMPLING_RATIO",
-                    format!("{ratio} is outside 0.0..=1.0"),
-                ));
-            }
             Some(TailPolicy {
-                ratio,
-                latency: Duration::from_millis(env.bounded(
-                    "OTEL_TAIL_SAMPLING_LATENCY_MS",
-                    500u64,
-                    0,
-                    3_600_000,
-                )?),
-                max_wait: Duration::from_millis(env.bounded(
-                    "OTEL_TAIL_SAMPLING_MAX_WAIT_MS",
-                    30_000u64,
-                    1,
-                    3_600_000,
-                )?),
+                ratio: env.ratio("OTEL_TAIL_SAMPLING_RATIO", 0.1)?,
+                latency: env.millis("OTEL_TAIL_SAMPLING_LATENCY_MS", 500, 0, 3_600_000)?,
+                max_wait: env.millis("OTEL_TAIL_SAMPLING_MAX_WAIT_MS", 30_000, 1, 3_600_000)?,
             })
         } else {
             None
@@ -180,18 +157,8 @@ impl TelemetrySettings {
             sampler_rate,
             max_queue_size,
             max_export_batch_size,
-            schedule_delay: Duration::from_millis(env.bounded(
-                "OTEL_BSP_SCHEDULE_DELAY",
-                1000u64,
-                1,
-                3_600_000,
-            )?),
-            export_deadline: Duration::from_millis(env.bounded(
-                "OTEL_BSP_EXPORT_TIMEOUT",
-                30_000u64,
-                1,
-                3_600_000,
-            )?),
+            schedule_delay: env.millis("OTEL_BSP_SCHEDULE_DELAY", 1000, 1, 3_600_000)?,
+            export_deadline: env.millis("OTEL_BSP_EXPORT_TIMEOUT", 30_000, 1, 3_600_000)?,
             attribute_count_limit: env.bounded(
                 "OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT",
                 128usize,
