@@ -638,6 +638,27 @@ impl Drop for RunningBinary {
 }
 
 /// Asserts the JSON error envelope: status, code, and a trace id of 32 hex digits.
+/// The (trace id, root span id, flags) of a response's `traceresponse` header.
+pub fn traceresponse(response: &Response) -> (String, String, String) {
+    let value = response
+        .headers()
+        .get("traceresponse")
+        .expect("a traceresponse header")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let parts: Vec<&str> = value.split('-').collect();
+    assert_eq!(parts.len(), 4, "{value}");
+    assert_eq!(parts[0], "00");
+    assert_eq!(parts[1].len(), 32);
+    assert_eq!(parts[2].len(), 16);
+    (
+        parts[1].to_owned(),
+        parts[2].to_owned(),
+        parts[3].to_owned(),
+    )
+}
+
 pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
     let actual = response.status();
     let text = response.text().await.unwrap();

@@ -13,5 +13,6 @@ mod lifecycle;
 mod observability;
 mod posts;
 mod search;
+mod tracecontext;
 mod traces;
 mod users;

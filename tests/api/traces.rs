@@ -10,29 +10,8 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{
     KIND_CLIENT, KIND_SERVER, PASSWORD, ReceivedSpan, STATUS_ERROR, TestApp, admin_sql, spawn_app,
-    spawn_app_with,
+    spawn_app_with, traceresponse,
 };
-
-/// The (trace id, root span id, flags) of a response's `traceresponse` header.
-fn traceresponse(response: &Response) -> (String, String, String) {
-    let value = response
-        .headers()
-        .get("traceresponse")
-        .expect("a traceresponse header")
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let parts: Vec<&str> = value.split('-').collect();
-    assert_eq!(parts.len(), 4, "{value}");
-    assert_eq!(parts[0], "00");
-    assert_eq!(parts[1].len(), 32);
-    assert_eq!(parts[2].len(), 16);
-    (
-        parts[1].to_owned(),
-        parts[2].to_owned(),
-        parts[3].to_owned(),
-    )
-}
 
 fn root(spans: &[ReceivedSpan]) -> &ReceivedSpan {
     let roots: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.kind == KIND_SERVER).collect();

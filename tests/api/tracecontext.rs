@@ -7,43 +7,27 @@
 //!   ◀── what the harness received: exactly one traceparent, naming our CLIENT span; tracestate
 //! ```
 //!
-//! The harness is a wiremock server; it also stands in for the OTLP endpoint, so the exporter
-//! has somewhere to send spans. Each test gets the app on a random port, its own database
-//! (dropped at the end) and Redis key prefix; telemetry is initialised once per process (nextest
-//! runs each test in its own), before the first span.
+//! The harness is a wiremock server; the app is the one every integration test gets
+//! (`helpers::spawn_app_with`), with the test endpoint turned on.
 
 use std::sync::OnceLock;
 
-use diesel::{Connection, PgConnection, RunQueryDsl};
 use regex::Regex;
 use reqwest::StatusCode;
 use serde_json::json;
-use sidechain::config::{Env, Settings};
-use sidechain::startup::Application;
-use sidechain::telemetry::{self, LogSink, Telemetry, TelemetryOptions};
 use uuid::Uuid;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::helpers::{TestApp, spawn_app_with, traceresponse};
+
 const TRACE: &str = "12345678901234567890123456789012";
 const PARENT: &str = "1234567890123456";
 
-fn postgres_base() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-fn redis_url() -> String {
-    std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-static TELEMETRY: OnceLock<Telemetry> = OnceLock::new();
-
-struct TestApp {
-    address: String,
-    db_name: String,
+/// The app with `POST /test` mounted, and the harness its callbacks go to.
+struct ConformanceApp {
+    app: TestApp,
     harness: MockServer,
-    client: reqwest::Client,
 }
 
 /// What one callback to the harness carried.
@@ -55,87 +39,39 @@ struct Outgoing {
     tracestate: Option<String>,
 }
 
-async fn spawn_app() -> TestApp {
+async fn spawn_app() -> ConformanceApp {
     let harness = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(ResponseTemplate::new(200).set_body_json(json!(null)))
         .mount(&harness)
         .await;
-    let db_name = format!("sidechain_test_{}", Uuid::new_v4().simple());
-    let vars = [
-        ("BIND_ADDR", "127.0.0.1:0".to_owned()),
-        ("DATABASE_URL", format!("{}/{db_name}", postgres_base())),
-        ("DB_POOL_SIZE", "2".to_owned()),
-        ("REDIS_URL", redis_url()),
-        (
-            "REDIS_KEY_PREFIX",
-            format!("test:{}:", Uuid::new_v4().simple()),
-        ),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", harness.uri()),
-        ("TRACECONTEXT_TEST_ENDPOINT", "true".to_owned()),
-        ("LOG_LEVEL", "warn".to_owned()),
-    ];
-    let settings = Settings::from_source(&Env::new(move |k| {
-        vars.iter()
-            .find(|(name, _)| *name == k)
-            .map(|(_, v)| v.clone())
-    }))
-    .expect("valid test settings");
-    if TELEMETRY.get().is_none() {
-        let options = TelemetryOptions {
-            log_sink: LogSink::Writer(Box::new(std::io::sink())),
-            ..Default::default()
-        };
-        let _ = TELEMETRY.set(telemetry::init(&settings, options).expect("telemetry starts"));
-    }
-    let app = Application::build(settings).await.expect("the app starts");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
-    TestApp {
-        address,
-        db_name,
-        harness,
-        client: reqwest::Client::new(),
-    }
+    let app = spawn_app_with(|config| {
+        config.set("TRACECONTEXT_TEST_ENDPOINT", "true");
+    })
+    .await;
+    ConformanceApp { app, harness }
 }
 
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        // Best effort: a leftover database is harmless, only untidy.
-        if let Ok(mut conn) = PgConnection::establish(&format!("{}/postgres", postgres_base())) {
-            let _ = diesel::sql_query(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.db_name
-            ))
-            .execute(&mut conn);
-        }
-    }
-}
-
-impl TestApp {
+impl ConformanceApp {
     /// Sends `headers` to `POST /test` asking for `count` callbacks, and returns what each
-    /// callback carried, in order, with the `traceresponse` of the `/test` request.
-    async fn call_n(&self, headers: &[(&str, &str)], count: usize) -> (Vec<Outgoing>, String) {
+    /// callback carried, in order, with the trace id and root span id that the `traceresponse`
+    /// of the `/test` request names.
+    async fn call_n(
+        &self,
+        headers: &[(&str, &str)],
+        count: usize,
+    ) -> (Vec<Outgoing>, (String, String)) {
         let scope = Uuid::new_v4().simple().to_string();
         let cases: Vec<_> = (0..count)
             .map(|i| json!({"url": format!("{}/{scope}.{i}", self.harness.uri()), "arguments": []}))
             .collect();
-        let mut request = self
-            .client
-            .post(format!("{}/test", self.address))
-            .json(&cases);
+        let mut request = self.app.api.post(self.app.url("/test")).json(&cases);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
         let response = request.send().await.expect("request sent");
         assert_eq!(response.status(), StatusCode::OK, "{headers:?}");
-        let traceresponse = response
-            .headers()
-            .get("traceresponse")
-            .expect("a traceresponse header")
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let (trace_id, root_span_id, _) = traceresponse(&response);
 
         let received = self.harness.received_requests().await.unwrap();
         let outgoing = (0..count)
@@ -148,7 +84,7 @@ impl TestApp {
                 parse_outgoing(&callback.headers, headers)
             })
             .collect();
-        (outgoing, traceresponse)
+        (outgoing, (trace_id, root_span_id))
     }
 
     async fn call(&self, headers: &[(&str, &str)]) -> Outgoing {
@@ -195,13 +131,9 @@ fn traceparent(flags: &str) -> String {
 async fn a_valid_traceparent_is_continued_with_a_new_parent_id() {
     let app = spawn_app().await;
     let tp = traceparent("01");
-    let (out, traceresponse) = app.call_n(&[("traceparent", &tp)], 3).await;
+    let (out, (trace_id, root_span)) = app.call_n(&[("traceparent", &tp)], 3).await;
     // The request's root span continues the caller's trace.
-    assert!(
-        traceresponse.starts_with(&format!("00-{TRACE}-")),
-        "{traceresponse}"
-    );
-    let root_span = &traceresponse[36..52];
+    assert_eq!(trace_id, TRACE);
     let mut parent_ids: Vec<_> = out.iter().map(|o| o.parent_id.as_str()).collect();
     for o in &out {
         assert_eq!(o.trace_id, TRACE);
