@@ -85,12 +85,21 @@ impl LogCapture {
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, for at most 10 s.
-pub async fn poll<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn poll<T, F, Fut>(what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    poll_within(what, Duration::from_secs(10), f).await
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, for at most `within`.
+pub async fn poll_within<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(v) = f().await {
             return v;

@@ -1,5 +1,6 @@
 //! Integration tests: the service over HTTP, against the real Postgres and Redis of this
-//! machine.
+//! machine, and its span exporter through its public API (`exporter`). One binary, so that the
+//! harness in `helpers` serves them all and the dependencies are linked once.
 
 mod helpers;
 
@@ -7,6 +8,7 @@ mod auth;
 mod bad_input;
 mod comments;
 mod export_faults;
+mod exporter;
 mod feed;
 mod health;
 mod lifecycle;

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -25,6 +24,8 @@ use sidechain::telemetry::config::TelemetrySettings;
 use sidechain::telemetry::export::{self, ActorSpanProcessor, ExportOptions, RetryPolicy};
 use sidechain::telemetry::{LogSink, logging, metrics};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::helpers::{LogCapture, decode_export, poll_within};
 
 // ---- harness -------------------------------------------------------------------------------
 
@@ -66,27 +67,11 @@ impl Seen {
 
 impl Respond for Receiver {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        let gzipped = request
-            .headers
-            .get("content-encoding")
-            .is_some_and(|v| v == "gzip");
-        let raw = if gzipped {
-            let mut out = Vec::new();
-            std::io::Read::read_to_end(
-                &mut flate2::read::GzDecoder::new(request.body.as_slice()),
-                &mut out,
-            )
-            .unwrap();
-            out
-        } else {
-            request.body.clone()
-        };
         self.seen.lock().unwrap().push(Seen {
             at: Instant::now(),
             path: request.url.path().to_owned(),
             headers: request.headers.clone(),
-            request: ExportTraceServiceRequest::decode(raw.as_slice())
-                .expect("valid OTLP protobuf"),
+            request: decode_export(&request.headers, &request.body),
         });
         self.script
             .lock()
@@ -137,15 +122,9 @@ impl Receiver {
     }
 }
 
+/// `poll_within` for a condition that needs no awaiting.
 async fn poll<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_within(what, within, || std::future::ready(f())).await
 }
 
 fn settings(endpoint: &str, vars: &[(&str, &str)]) -> TelemetrySettings {
@@ -235,25 +214,12 @@ fn outcome(name: &str) -> f64 {
     metric(&format!("otel_exporter_spans_total{{outcome=\"{name}\"}}"))
 }
 
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The log lines of this process (the logger is process-wide; one test per process).
-fn log_capture() -> Capture {
-    static CAPTURE: OnceLock<(Capture, logging::LogGuard)> = OnceLock::new();
+fn log_capture() -> LogCapture {
+    static CAPTURE: OnceLock<(LogCapture, logging::LogGuard)> = OnceLock::new();
     CAPTURE
         .get_or_init(|| {
-            let capture = Capture::default();
+            let capture = LogCapture::default();
             let (_bridge, guard) = logging::init(
                 "exporter-test",
                 LogLevel::Info,
@@ -263,14 +229,6 @@ fn log_capture() -> Capture {
         })
         .0
         .clone()
-}
-
-fn log_lines(capture: &Capture) -> Vec<serde_json::Value> {
-    String::from_utf8(capture.0.lock().unwrap().clone())
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -536,7 +494,8 @@ async fn refused_batches_are_dropped_counted_and_logged_once_per_cause() {
     assert_eq!(metric("otel_exporter_retries_total"), 0.0);
     assert_eq!(outcome("exported"), 0.0);
     let warnings: Vec<_> = poll("the warnings", Duration::from_secs(5), || {
-        let w: Vec<_> = log_lines(&logs)
+        let w: Vec<_> = logs
+            .lines()
             .into_iter()
             .filter(|l| l["level"] == "warn")
             .collect();
@@ -552,9 +511,8 @@ async fn refused_batches_are_dropped_counted_and_logged_once_per_cause() {
         ["HTTP 400", "HTTP 500"],
         "one line per distinct cause"
     );
-    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
     assert!(
-        !text.contains("s3cret-header"),
+        !logs.raw_lines().iter().any(|l| l.contains("s3cret-header")),
         "header values are never logged"
     );
     assert!(receiver.seen()[0].headers["authorization"] == "Bearer s3cret-header");
@@ -585,7 +543,7 @@ async fn partial_success_is_counted_and_not_retried() {
     .await;
     assert_eq!(outcome("dropped_rejected"), 2.0);
     let warning = poll("the warning", Duration::from_secs(5), || {
-        log_lines(&logs).into_iter().find(|l| l["level"] == "warn")
+        logs.lines().into_iter().find(|l| l["level"] == "warn")
     })
     .await;
     assert!(warning["cause"].as_str().unwrap().contains("spans too old"));
@@ -756,7 +714,7 @@ async fn shutdown_with_the_endpoint_down_ends_within_its_bound_and_reports_the_l
     assert!(result.is_err());
     assert_eq!(outcome("failed"), 6.0);
     let line = poll("the loss line", Duration::from_secs(5), || {
-        log_lines(&logs).into_iter().find(|l| {
+        logs.lines().into_iter().find(|l| {
             l["msg"]
                 .as_str()
                 .unwrap_or_default()
