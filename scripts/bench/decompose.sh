@@ -28,12 +28,8 @@ OUT=target/bench-overhead/decompose
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
 
 taskset -c 0 target/release/examples/otlp_sink "127.0.0.1:$SINK_PORT" healthy >"$OUT/sink.log" 2>"$OUT/sink.err" &
 PIDS+=($!)
@@ -41,18 +37,8 @@ PIDS+=($!)
 declare -A PORT=([A]=18791 [Z]=18792 [B]=18793 [M]=18794)
 declare -A PID=()
 start() { # name otel_enabled rate
-  env -i PATH="$PATH" BIND_ADDR="127.0.0.1:${PORT[$1]}" DATABASE_URL="$DB_URL" REDIS_URL="$REDIS_URL" \
-    REDIS_KEY_PREFIX="sidechain-bench:" FEED_CACHE_TTL_S=3600 LOG_LEVEL=info \
-    OTEL_ENABLED="$2" OTEL_TRACE_SAMPLER_RATE="$3" OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" \
-    taskset -c 1 target/release/sidechain >/dev/null 2>"$OUT/$1.err" &
-  PIDS+=($!)
-  PID[$1]=$!
-  for _ in $(seq 1 120); do
-    curl -fsS "http://127.0.0.1:${PORT[$1]}/health" >/dev/null 2>&1 && return 0
-    sleep 0.5
-  done
-  echo "decompose.sh: server $1 did not come up" >&2
-  exit 1
+  start_sidechain "$1" "${PORT[$1]}" "$2" "$3" "sidechain-bench:" info 1
+  PID[$1]=$SERVER_PID
 }
 start A false 1.0
 start Z true 0.0
@@ -65,16 +51,14 @@ for task in /proc/"${PID[M]}"/task/*; do
   esac
 done
 
-POST_ID=$(psql -tAq "$DB_URL" -c "SELECT id FROM posts ORDER BY created_at DESC OFFSET 500 LIMIT 1")
-declare -A PATHS=([health]="/health" [post]="/api/v1/posts/$POST_ID" [feed]="/api/v1/feed/unified?type=global")
-cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+bench_routes
 HZ=$(getconf CLK_TCK)
 
 printf 'route\tserver\trep\trps\tp99_ms\tcpu_us_per_req\n' >"$OUT/results.tsv"
 run() { # route server rep duration [record]
   local file="$OUT/wrk-$1-$2-$3.txt" before
   before=$(cpu_ticks "${PID[$2]}")
-  taskset -c 0 wrk -t1 -c"$CONNS" -d"$4"s --latency "http://127.0.0.1:${PORT[$2]}${PATHS[$1]}" >"$file"
+  taskset -c 0 wrk -t1 -c"$CONNS" -d"$4"s --latency "http://127.0.0.1:${PORT[$2]}${ROUTES[$1]}" >"$file"
   [ "${5:-}" = record ] || return 0
   python3 - "$file" "$1" "$2" "$3" "$(cpu_ticks "${PID[$2]}")" "$before" "$HZ" >>"$OUT/results.tsv" <<'PY'
 import re, sys

@@ -61,12 +61,8 @@ fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
 
 # The sink: one line per export request received (its body size) in sink.log.
 taskset -c "$LOAD_CPU" target/release/examples/otlp_sink "127.0.0.1:$SINK_PORT" "$SINK_MODE" 5000 \
@@ -79,20 +75,8 @@ redis_prefix="sidechain-bench:"
 redis-cli -u "$REDIS_URL" --scan --pattern "${redis_prefix}*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
 
 start_server() { # name port otel_enabled
-  env -i PATH="$PATH" \
-    BIND_ADDR="127.0.0.1:$2" DATABASE_URL="$DB_URL" REDIS_URL="$REDIS_URL" \
-    REDIS_KEY_PREFIX="$redis_prefix" FEED_CACHE_TTL_S=3600 LOG_LEVEL="$LOG_LEVEL" \
-    OTEL_ENABLED="$3" OTEL_TRACE_SAMPLER_RATE=1.0 \
-    OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_SERVICE_NAME=sidechain-bench \
-    taskset -c "$SERVER_CPU" target/release/sidechain >/dev/null 2>"$OUT/$1.err" &
-  PIDS+=($!)
-  eval "PID_$1=$!"
-  for _ in $(seq 1 120); do
-    curl -fsS "http://127.0.0.1:$2/health" >/dev/null 2>&1 && return 0
-    sleep 0.5
-  done
-  echo "overhead.sh: server $1 did not come up; see $OUT/$1.err" >&2
-  exit 1
+  start_sidechain "$1" "$2" "$3" 1.0 "$redis_prefix" "$LOG_LEVEL" "$SERVER_CPU"
+  eval "PID_$1=$SERVER_PID"
 }
 
 # A first: it creates and migrates the database; then seed it if it is not seeded yet.
@@ -105,12 +89,7 @@ if [ "${FORCE_SEED:-0}" = 1 ] || [ "$users" != 1000 ] || [ "$posts" != 20000 ]; 
 fi
 start_server B "$PORT_B" true
 
-POST_ID=$(psql -tAq "$DB_URL" -c "SELECT id FROM posts ORDER BY created_at DESC OFFSET 500 LIMIT 1")
-declare -A ROUTES=(
-  [health]="/health"
-  [post]="/api/v1/posts/$POST_ID"
-  [feed]="/api/v1/feed/unified?type=global"
-)
+bench_routes
 ROUTE_ORDER=(health post feed)
 
 for route in "${ROUTE_ORDER[@]}"; do
@@ -132,8 +111,6 @@ n=float(m.group(1)); print(n/1000 if m.group(2)=="us" else n if m.group(2)=="ms"
 
 printf 'route\tserver\trep\tconns\trps\tp50_ms\tp90_ms\tp99_ms\terrors\tcpu_us_per_req\tbusy\n' >"$OUT/results.tsv"
 
-# CPU time (user + system, all threads) of a process, in clock ticks.
-cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 TICK_HZ=$(getconf CLK_TCK)
 # Other heavy work on the machine during a run (a build, a test suite) makes it noisy: say so.
 busy() { ps -eo comm= | grep -cxE 'rustc|cargo|cargo-nextest|cc1|ld' || true; }

@@ -1,0 +1,43 @@
+# Shared by overhead.sh and decompose.sh (sourced, not run): the processes a bench starts, the
+# servers it starts, and what it reads of them. Expects DB_URL, REDIS_URL, SINK_PORT and OUT.
+
+# Every process started here is stopped when the script exits, however it exits.
+PIDS=()
+bench_cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap bench_cleanup EXIT
+
+# start_sidechain NAME PORT OTEL_ENABLED SAMPLER_RATE REDIS_PREFIX LOG_LEVEL CPU
+# The release binary in a clean environment, on one core, exporting to the sink; waits for
+# /health and leaves the server's pid in SERVER_PID (stderr in $OUT/NAME.err).
+start_sidechain() {
+  env -i PATH="$PATH" \
+    BIND_ADDR="127.0.0.1:$2" DATABASE_URL="$DB_URL" REDIS_URL="$REDIS_URL" \
+    REDIS_KEY_PREFIX="$5" FEED_CACHE_TTL_S=3600 LOG_LEVEL="$6" \
+    OTEL_ENABLED="$3" OTEL_TRACE_SAMPLER_RATE="$4" \
+    OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_SERVICE_NAME=sidechain-bench \
+    taskset -c "$7" target/release/sidechain >/dev/null 2>"$OUT/$1.err" &
+  SERVER_PID=$!
+  PIDS+=("$SERVER_PID")
+  for _ in $(seq 1 120); do
+    curl -fsS "http://127.0.0.1:$2/health" >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  echo "$(basename "$0"): server $1 did not come up; see $OUT/$1.err" >&2
+  exit 1
+}
+
+# CPU time (user + system, all threads) of a process, in clock ticks.
+cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
+
+# The routes measured, by name: ROUTES[health|post|feed]; the post is one of the seeded ones.
+bench_routes() {
+  POST_ID=$(psql -tAq "$DB_URL" -c "SELECT id FROM posts ORDER BY created_at DESC OFFSET 500 LIMIT 1")
+  declare -gA ROUTES=(
+    [health]="/health"
+    [post]="/api/v1/posts/$POST_ID"
+    [feed]="/api/v1/feed/unified?type=global"
+  )
+}
