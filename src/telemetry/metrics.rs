@@ -102,6 +102,63 @@ struct Metrics {
     exporter_export_duration: Histogram,
     exporter_retries: Counter,
     tail_sampling: Family<DecisionLabels, Counter>,
+    audio_jobs: Family<AudioOutcomeLabels, Counter>,
+    audio_queued: Gauge,
+    audio_stage_duration: Family<AudioStageLabels, Histogram>,
+}
+
+/// `outcome` of `audio_jobs_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AudioJobOutcome {
+    /// Processed; the post's audio is `ready`.
+    Ready,
+    /// Given up: the post's audio is `failed`.
+    Failed,
+    /// An attempt ended without finishing (a lease taken over, a transient failure); the job
+    /// runs again.
+    Retried,
+}
+
+impl AudioJobOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            AudioJobOutcome::Ready => "ready",
+            AudioJobOutcome::Failed => "failed",
+            AudioJobOutcome::Retried => "retried",
+        }
+    }
+}
+
+/// `stage` of `audio_stage_duration_seconds`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AudioStage {
+    Probe,
+    Transcode,
+    Waveform,
+    Store,
+}
+
+impl AudioStage {
+    /// The label value, also the suffix of the stage's span name (`audio.{stage}`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AudioStage::Probe => "probe",
+            AudioStage::Transcode => "transcode",
+            AudioStage::Waveform => "waveform",
+            AudioStage::Store => "store",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AudioOutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AudioStageLabels {
+    stage: &'static str,
+    outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -114,6 +171,10 @@ const HTTP_BUCKETS: [f64; 14] = [
 ];
 const DB_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+/// Audio stages run from milliseconds (a probe) to minutes (a long transcode).
+const AUDIO_STAGE_BUCKETS: [f64; 12] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0,
 ];
 const EXPORT_BUCKETS: [f64; 13] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -174,8 +235,31 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Spans decided by tail-based sampling (when enabled), kept or dropped with their trace",
         tail_sampling.clone(),
     );
+    let audio_jobs = Family::<AudioOutcomeLabels, Counter>::default();
+    registry.register(
+        "audio_jobs",
+        "Audio processing attempts by how they ended: ready, failed for good, or retried",
+        audio_jobs.clone(),
+    );
+    let audio_queued = Gauge::default();
+    registry.register(
+        "audio_jobs_queued",
+        "Audio jobs waiting to be processed or being processed",
+        audio_queued.clone(),
+    );
+    let audio_stage_duration = Family::<AudioStageLabels, Histogram>::new_with_constructor(
+        (|| Histogram::new(AUDIO_STAGE_BUCKETS)) as fn() -> _,
+    );
+    registry.register(
+        "audio_stage_duration_seconds",
+        "Duration of each audio processing stage, by stage and outcome",
+        audio_stage_duration.clone(),
+    );
     Metrics {
         registry,
+        audio_jobs,
+        audio_queued,
+        audio_stage_duration,
         tail_sampling,
         http_duration,
         db_duration,
@@ -271,6 +355,32 @@ pub fn tail_sampling(kept: bool, spans: u64) {
             decision: if kept { "kept" } else { "dropped" },
         })
         .inc_by(spans);
+}
+
+/// Counts an audio job attempt by how it ended.
+pub fn audio_job(outcome: AudioJobOutcome) {
+    METRICS
+        .audio_jobs
+        .get_or_create(&AudioOutcomeLabels {
+            outcome: outcome.as_str(),
+        })
+        .inc();
+}
+
+/// Sets the number of audio jobs waiting or running.
+pub fn audio_jobs_queued(jobs: i64) {
+    METRICS.audio_queued.set(jobs);
+}
+
+/// Records one audio stage run.
+pub fn audio_stage(stage: AudioStage, ok: bool, duration: Duration) {
+    METRICS
+        .audio_stage_duration
+        .get_or_create(&AudioStageLabels {
+            stage: stage.as_str(),
+            outcome: if ok { "ok" } else { "error" },
+        })
+        .observe(duration.as_secs_f64());
 }
 
 /// The exposition: OpenMetrics (with exemplars) or the classic text format.
