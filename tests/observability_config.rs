@@ -3079,3 +3079,21 @@ fn alert_notifications_go_to_the_dev_alertmanager() {
         "the README does not say where alerts show"
     );
 }
+
+/// Loki 3.5 adds `detected_level` to every line unless `discover_log_levels: false`
+/// (`pkg/validation/limits.go`). Left on here; the README says what it holds.
+#[test]
+fn loki_detected_level_is_a_documented_choice() {
+    let file = "observability/loki/loki.yaml";
+    let loki = yaml(file);
+    let discovers = loki
+        .get("limits_config")
+        .and_then(|l| l.get("discover_log_levels"))
+        .and_then(Yaml::as_bool)
+        .unwrap_or(true);
+    assert_eq!(
+        readme_guide().contains("`detected_level`"),
+        discovers,
+        "{file}: discover_log_levels is {discovers}; the README must say so"
+    );
+}
