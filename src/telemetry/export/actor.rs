@@ -33,7 +33,7 @@ use bytes::Bytes;
 use opentelemetry_sdk::trace::SpanData;
 
 use super::otlp::OtlpEncoder;
-use super::tail::{Decisions, TailPolicy, TailSampler};
+use super::tail::{Decisions, TailSampler};
 use super::transport::{Delivery, Transport};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, SpanOutcome};
@@ -149,8 +149,6 @@ pub struct BatchConfig {
     pub export_deadline: Duration,
     /// Bound on one request's uncompressed size.
     pub max_request_bytes: usize,
-    /// Tail-based sampling, when enabled.
-    pub tail_sampling: Option<TailPolicy>,
 }
 
 /// An encoded, compressed request and how many spans it carries.
@@ -188,9 +186,10 @@ impl SpanExportActor {
         transport: Transport,
         gauge: Arc<QueueGauge>,
         staging: Arc<Staging>,
+        tail: Option<TailSampler>,
     ) -> Self {
         Self {
-            tail: config.tail_sampling.map(TailSampler::new),
+            tail,
             config,
             encoder,
             transport: Rc::new(transport),
@@ -210,12 +209,12 @@ impl SpanExportActor {
     fn take_decisions(&mut self, decisions: Decisions) {
         if decisions.dropped > 0 {
             self.gauge.release(decisions.dropped);
-            metrics::tail_sampling(false, decisions.dropped as u64);
+            metrics::tail_sampling(None, decisions.dropped as u64);
         }
-        if !decisions.kept.is_empty() {
-            metrics::tail_sampling(true, decisions.kept.len() as u64);
-            self.queue.extend(decisions.kept);
+        for (reason, spans) in decisions.kept_by_reason() {
+            metrics::tail_sampling(Some(reason.as_str()), spans as u64);
         }
+        self.queue.extend(decisions.kept);
     }
 
     /// Takes finished spans into the queue (through the tail sampler, when it is on).
@@ -433,6 +432,11 @@ impl Handler<Enqueue> for SpanExportActor {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
+        // What was staged before this message was sent ended earlier: take it first, so that
+        // the tail sampler sees a trace's children before its root (it decides on the root).
+        if self.tail.is_some() {
+            self.accept_staged();
+        }
         self.accept(msg.0);
         if self.queue.len() >= self.config.max_export_batch_size {
             self.pump(ctx, false);
