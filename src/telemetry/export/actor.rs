@@ -117,7 +117,12 @@ impl Staging {
 /// Finished spans for the queue.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Enqueue(pub Vec<SpanData>);
+pub struct Enqueue {
+    pub spans: Vec<SpanData>,
+    /// A full chunk taken from [`Staging`] (what is staged now ended after it), rather than a
+    /// span sent alone because the staging buffer was busy (what is staged now ended before it).
+    pub chunk: bool,
+}
 
 /// Export everything queued now; the reply comes when those spans are settled.
 #[derive(Message)]
@@ -432,12 +437,12 @@ impl Handler<Enqueue> for SpanExportActor {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
-        // What was staged before this message was sent ended earlier: take it first, so that
-        // the tail sampler sees a trace's children before its root (it decides on the root).
-        if self.tail.is_some() {
+        // The tail sampler decides on a trace's root, so it wants children first: a span sent
+        // alone ended after what is staged now, so that goes in first.
+        if self.tail.is_some() && !msg.chunk {
             self.accept_staged();
         }
-        self.accept(msg.0);
+        self.accept(msg.spans);
         if self.queue.len() >= self.config.max_export_batch_size {
             self.pump(ctx, false);
         }

@@ -109,13 +109,13 @@ impl SpanProcessor for ActorSpanProcessor {
             self.drop_full(1);
             return;
         }
-        let send = match self.staging.push(span) {
+        let (send, chunk) = match self.staging.push(span) {
             Ok(None) => return,
-            Ok(Some(chunk)) => chunk,
-            Err(span) => vec![span],
+            Ok(Some(chunk)) => (chunk, true),
+            Err(span) => (vec![span], false),
         };
         let spans = send.len();
-        if self.addr.try_send(Enqueue(send)).is_err() {
+        if self.addr.try_send(Enqueue { spans: send, chunk }).is_err() {
             self.gauge.release(spans);
             self.drop_full(spans);
         }
