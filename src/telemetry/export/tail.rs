@@ -334,6 +334,10 @@ pub struct TailSampler {
     rotated_at: Option<Instant>,
     pending: HashMap<TraceId, Pending>,
     decided: DecisionTable,
+    /// Scratch space of `take_subtree`, kept between calls so that deciding a trace allocates
+    /// nothing in the common case.
+    members: HashSet<SpanId>,
+    inside: Vec<bool>,
 }
 
 impl TailSampler {
@@ -344,6 +348,8 @@ impl TailSampler {
             rotated_at: None,
             pending: HashMap::new(),
             decided: DecisionTable::new(),
+            members: HashSet::new(),
+            inside: Vec::new(),
         }
     }
 
@@ -410,8 +416,12 @@ impl TailSampler {
         let Some(root) = pending.spans.last() else {
             return (Vec::new(), false);
         };
-        let mut members: HashSet<SpanId> = HashSet::from([root.span_context.span_id()]);
-        let mut inside = vec![false; pending.spans.len()];
+        let members = &mut self.members;
+        let inside = &mut self.inside;
+        members.clear();
+        members.insert(root.span_context.span_id());
+        inside.clear();
+        inside.resize(pending.spans.len(), false);
         inside[pending.spans.len() - 1] = true;
         // Children end before their parents, so they usually arrived earlier: walking from the
         // newest back finds a subtree in one pass; repeat while a pass found more (spans handed
@@ -429,10 +439,17 @@ impl TailSampler {
                 break;
             }
         }
+        if inside.iter().all(|&i| i) {
+            // The usual case: everything held for the trace is the root's subtree.
+            let failed = pending.failed;
+            let subtree = std::mem::take(&mut pending.spans);
+            self.pending.remove(&trace_id);
+            return (subtree, failed);
+        }
         let mut subtree = Vec::with_capacity(members.len());
         let mut rest = Vec::new();
         let mut failed = false;
-        for (span, inside) in pending.spans.drain(..).zip(inside) {
+        for (span, &inside) in pending.spans.drain(..).zip(inside.iter()) {
             if inside {
                 failed |= matches!(span.status, Status::Error { .. });
                 subtree.push(span);
