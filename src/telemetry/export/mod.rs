@@ -4,7 +4,9 @@
 //!  request threads                         exporter thread ("otel-export", own actix System)
 //!  ───────────────                         ─────────────────────────────────────────────────
 //!  span ends ─▶ ActorSpanProcessor::on_end ──try_send──▶ SpanExportActor ─▶ [tail] ─▶ otlp ─▶ transport ─▶ endpoint
-//!               (bound check, never waits)                (batching, timer, retries, flush, shutdown)
+//!               (bound check, never waits;                (batching, timer, retries, flush, shutdown)
+//!                failure marks for tail sampling)
+//!  root ends ─▶ on_request_end: tail decision ─▶ carried on the root span ─▶ obeyed by [tail]
 //! ```
 
 mod actor;
@@ -21,9 +23,10 @@ use opentelemetry_sdk::Resource;
 pub use actor::{BatchConfig, FlushReport};
 pub use otlp::{AttributeLimits, EncodedBatch, OtlpEncoder};
 pub use processor::ActorSpanProcessor;
+// Tail sampling's request-path half, for `root_span` and `telemetry::init`.
 pub use tail::{
     DROPPED as TAIL_DROPPED, REASON_ATTRIBUTE as TAIL_REASON_ATTRIBUTE, RootDecider, TailPolicy,
-    TailReason, by_ratio, install as install_tail_sampling, root_decider,
+    TailReason, install as install_tail_sampling, root_decider,
 };
 pub use transport::RetryPolicy;
 
