@@ -161,9 +161,25 @@ struct AudioStageLabels {
     outcome: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// `decision`, and on kept spans `reason` (absent, not empty, on dropped ones).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 struct DecisionLabels {
     decision: &'static str,
+    reason: Option<&'static str>,
+}
+
+impl EncodeLabelSet for DecisionLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("decision", self.decision).encode(encoder.encode_label())?;
+        if let Some(reason) = self.reason {
+            ("reason", reason).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 const HTTP_BUCKETS: [f64; 14] = [
@@ -347,12 +363,14 @@ pub fn exporter_retry() {
     METRICS.exporter_retries.inc();
 }
 
-/// Counts spans decided by tail sampling.
-pub fn tail_sampling(kept: bool, spans: u64) {
+/// Counts spans decided by tail sampling: kept for a reason (`error`, `latency`,
+/// `probabilistic`), or dropped (`None`).
+pub fn tail_sampling(kept: Option<&'static str>, spans: u64) {
     METRICS
         .tail_sampling
         .get_or_create(&DecisionLabels {
-            decision: if kept { "kept" } else { "dropped" },
+            decision: if kept.is_some() { "kept" } else { "dropped" },
+            reason: kept,
         })
         .inc_by(spans);
 }

@@ -75,6 +75,9 @@ pub fn init(settings: &Settings, options: TelemetryOptions) -> Result<Telemetry,
     let provider = if otel.enabled {
         let resource = resource(otel);
         let processor = export::start(otel, &resource, options.export)?;
+        if let Some(decider) = processor.root_decider() {
+            export::install_tail_sampling(decider);
+        }
         Some(
             SdkTracerProvider::builder()
                 .with_resource(resource)

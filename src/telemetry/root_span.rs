@@ -6,14 +6,16 @@
 //!  request ─▶ on_request_start: span "{METHOD} {route}", parent from traceparent, start time
 //!          ─▶ handler (records user.id, feed.type through the request's RootSpan)
 //!          ─▶ on_request_end: status, ERROR + exception event on 5xx,
-//!                             access line (root span's ids), http_server_request_duration_seconds
+//!                             the trace's sampling decision (tail sampling: sampling.tail.reason),
+//!                             access line (root span's ids, trace_sampled),
+//!                             http_server_request_duration_seconds (exemplar if the trace is kept)
 //! ```
 //!
 //! Names and labels use the route template (`/api/v1/posts/{id}`), never the raw path; a request
 //! that matches no route is named by its method alone and labelled `unmatched`.
 
 use std::borrow::Cow;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -22,7 +24,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest};
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{Status, TraceContextExt};
+use opentelemetry::trace::{SpanContext, Status, TraceContextExt};
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_actix_web::{RootSpan, RootSpanBuilder};
@@ -30,7 +32,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::errors::AppError;
-use crate::telemetry::{logging, metrics, propagation};
+use crate::telemetry::{export, logging, metrics, propagation};
 
 /// Our `RootSpanBuilder`: contract names (CONTRACT.md §3) on the SERVER span.
 pub struct SidechainRootSpan;
@@ -152,6 +154,9 @@ impl RootSpanBuilder for SidechainRootSpan {
         let elapsed = start.at.elapsed();
         let user = extensions.get::<RequestUser>().map(|u| u.0);
         let span_context = propagation::span_context_of(&span);
+        let sampled = span_context
+            .as_ref()
+            .map(|sc| trace_sampled(&span, sc, status.is_server_error(), elapsed));
         let route_label: Cow<'static, str> = match &start.route {
             Some(route) => Cow::Owned(route.clone()),
             None => Cow::Borrowed(UNMATCHED),
@@ -163,14 +168,50 @@ impl RootSpanBuilder for SidechainRootSpan {
             "status" => status.as_u16(),
             "duration_ms" => (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             "user_id" => UserId(user),
+            "trace_sampled" => TraceSampled(sampled),
         );
         metrics::http_request(
             start.method,
             route_label,
             status.as_u16(),
             elapsed,
-            span_context.as_ref(),
+            span_context.as_ref().filter(|_| sampled == Some(true)),
         );
+    }
+}
+
+/// Whether the trace of this request is exported: the head decision, or with tail sampling the
+/// tail decision, taken here because this is when the local root ends (the handler and every
+/// span it made are done) and recorded on the root for the exporter to carry out.
+fn trace_sampled(root: &Span, sc: &SpanContext, failed: bool, elapsed: Duration) -> bool {
+    if !sc.is_sampled() {
+        return false;
+    }
+    let Some(decider) = export::root_decider() else {
+        return true;
+    };
+    let decision = decider.decide(sc.trace_id(), failed, elapsed);
+    root.set_attribute(
+        export::TAIL_REASON_ATTRIBUTE,
+        decision.map_or(export::TAIL_DROPPED, export::TailReason::as_str),
+    );
+    decision.is_some()
+}
+
+/// `trace_sampled` of the access line: present only when the request is traced.
+struct TraceSampled(Option<bool>);
+
+impl slog::Value for TraceSampled {
+    fn serialize(
+        &self,
+        _: &slog::Record<'_>,
+        key: slog::Key,
+        serializer: &mut dyn slog::Serializer,
+    ) -> slog::Result {
+        match self.0 {
+            Some(sampled) => serializer.emit_bool(key, sampled),
+            None => Ok(()),
+        }
     }
 }
 

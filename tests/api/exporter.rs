@@ -586,6 +586,7 @@ async fn a_long_outage_keeps_the_queue_bounded_and_counts_drops() {
         &format!("http://{address}"),
         &[
             ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "50"),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10"),
             ("OTEL_BSP_EXPORT_TIMEOUT", "300"),
         ],
@@ -813,11 +814,71 @@ async fn tail_sampling_keeps_failed_and_slow_traces_whole() {
         2.0
     );
     assert_eq!(
-        metric("otel_tail_sampling_spans_total{decision=\"kept\"}"),
-        4.0
+        metric("otel_tail_sampling_spans_total{decision=\"kept\",reason=\"error\"}"),
+        2.0
     );
+    assert_eq!(
+        metric("otel_tail_sampling_spans_total{decision=\"kept\",reason=\"latency\"}"),
+        2.0
+    );
+    // A root decided here (not by a request) says why it was kept.
+    let requests: Vec<_> = seen.iter().map(|s| s.request.clone()).collect();
+    let reasons: HashMap<String, Option<String>> = crate::helpers::spans_of(&requests)
+        .into_iter()
+        .map(|s| (s.name.clone(), s.str("sampling.tail.reason")))
+        .collect();
+    assert_eq!(reasons["failed root"].as_deref(), Some("error"));
+    assert_eq!(reasons["slow root"].as_deref(), Some("latency"));
+    assert_eq!(reasons["failed query"], None, "only roots carry the reason");
     poll("the queue to empty", Duration::from_secs(5), || {
         (metric("otel_exporter_queue_spans") == 0.0).then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_sampling_holds_rootless_traces_within_the_queue_bound_and_decides_them_at_shutdown() {
+    let (receiver, server) = Receiver::start(vec![]).await;
+    let s = settings(
+        &server.uri(),
+        &[
+            ("OTEL_TAIL_SAMPLING", "true"),
+            ("OTEL_TAIL_SAMPLING_RATIO", "0"),
+            ("OTEL_TAIL_SAMPLING_MAX_WAIT_MS", "600000"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "50"),
+        ],
+    );
+    let processor = start(&s, fast());
+    // A flood of spans whose roots never end; one in ten failed.
+    for i in 0..1000 {
+        let mut orphan = span("orphan");
+        orphan.parent_span_id = SpanId::from(7);
+        if i % 10 == 0 {
+            orphan.status = Status::error("boom");
+        }
+        processor.on_end(orphan);
+    }
+    // The held spans fill the queue bound and no more: the rest are dropped and counted.
+    poll(
+        "the held spans to be counted",
+        Duration::from_secs(5),
+        || (metric("otel_exporter_queue_spans") == 100.0).then_some(()),
+    )
+    .await;
+    assert_eq!(outcome("dropped_queue_full"), 900.0);
+    assert_eq!(receiver.delivered(), 0, "held: their roots may still come");
+    // Shutdown decides every held trace and flushes the kept ones before it returns.
+    let result = blocking(move || processor.shutdown_with_timeout(Duration::from_secs(5))).await;
+    assert!(result.is_ok(), "{result:?}");
+    assert_eq!(receiver.delivered(), 10, "the failed ones, and only those");
+    assert_eq!(
+        metric("otel_tail_sampling_spans_total{decision=\"kept\",reason=\"error\"}"),
+        10.0
+    );
+    assert_eq!(
+        metric("otel_tail_sampling_spans_total{decision=\"dropped\"}"),
+        90.0
+    );
+    assert_eq!(metric("otel_exporter_queue_spans"), 0.0);
 }

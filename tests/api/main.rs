@@ -15,6 +15,7 @@ mod lifecycle;
 mod observability;
 mod posts;
 mod search;
+mod tail_sampling;
 mod tracecontext;
 mod traces;
 mod users;

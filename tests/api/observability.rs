@@ -65,6 +65,10 @@ async fn access_lines_carry_the_ids_of_the_exported_root_span() {
             root.str("http.request.method").as_deref()
         );
         assert!(line["duration_ms"].as_f64().is_some());
+        assert_eq!(
+            line["trace_sampled"], true,
+            "head-sampled, no tail sampling"
+        );
         assert!(line["path"].is_string());
     }
     let post_line = access_line(&app, &ids(&requests[1]).0).await;
@@ -78,6 +82,23 @@ async fn access_lines_carry_the_ids_of_the_exported_root_span() {
     let unmatched = access_line(&app, &ids(&requests[4]).0).await;
     assert_eq!(unmatched["route"], "unmatched");
     assert_eq!(unmatched["path"], "/definitely/not/a/route");
+    // A caller's unsampled traceparent is obeyed: the line says the trace is not exported.
+    app.api
+        .get(app.url("/unsampled/probe"))
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+        )
+        .send()
+        .await
+        .unwrap();
+    let unsampled = app
+        .logs
+        .wait_for("the unsampled request's line", |l| {
+            l["msg"] == "request completed" && l["path"] == "/unsampled/probe"
+        })
+        .await;
+    assert_eq!(unsampled["trace_sampled"], false, "{unsampled}");
 
     // Every line, the app's and the libraries', is one JSON object with the common fields.
     let lines = app.logs.lines();

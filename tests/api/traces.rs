@@ -505,6 +505,13 @@ async fn with_otel_disabled_nothing_is_traced_or_exported() {
         })
         .await;
     assert!(app.logs.lines().iter().all(|l| l.get("trace_id").is_none()));
+    assert!(
+        app.logs
+            .lines()
+            .iter()
+            .all(|l| l.get("trace_sampled").is_none()),
+        "trace_sampled only when tracing is on"
+    );
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("http_server_request_duration_seconds_count"));
     // Absence cannot be polled for: give a running exporter ample time (the test schedule

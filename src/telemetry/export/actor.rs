@@ -33,7 +33,7 @@ use bytes::Bytes;
 use opentelemetry_sdk::trace::SpanData;
 
 use super::otlp::OtlpEncoder;
-use super::tail::{Decisions, TailPolicy, TailSampler};
+use super::tail::{Decisions, TailSampler};
 use super::transport::{Delivery, Transport};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, SpanOutcome};
@@ -117,7 +117,12 @@ impl Staging {
 /// Finished spans for the queue.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Enqueue(pub Vec<SpanData>);
+pub struct Enqueue {
+    pub spans: Vec<SpanData>,
+    /// A full chunk taken from [`Staging`] (what is staged now ended after it), rather than a
+    /// span sent alone because the staging buffer was busy (what is staged now ended before it).
+    pub chunk: bool,
+}
 
 /// Export everything queued now; the reply comes when those spans are settled.
 #[derive(Message)]
@@ -149,8 +154,6 @@ pub struct BatchConfig {
     pub export_deadline: Duration,
     /// Bound on one request's uncompressed size.
     pub max_request_bytes: usize,
-    /// Tail-based sampling, when enabled.
-    pub tail_sampling: Option<TailPolicy>,
 }
 
 /// An encoded, compressed request and how many spans it carries.
@@ -188,9 +191,10 @@ impl SpanExportActor {
         transport: Transport,
         gauge: Arc<QueueGauge>,
         staging: Arc<Staging>,
+        tail: Option<TailSampler>,
     ) -> Self {
         Self {
-            tail: config.tail_sampling.map(TailSampler::new),
+            tail,
             config,
             encoder,
             transport: Rc::new(transport),
@@ -210,12 +214,12 @@ impl SpanExportActor {
     fn take_decisions(&mut self, decisions: Decisions) {
         if decisions.dropped > 0 {
             self.gauge.release(decisions.dropped);
-            metrics::tail_sampling(false, decisions.dropped as u64);
+            metrics::tail_sampling(None, decisions.dropped as u64);
         }
-        if !decisions.kept.is_empty() {
-            metrics::tail_sampling(true, decisions.kept.len() as u64);
-            self.queue.extend(decisions.kept);
+        for (reason, spans) in decisions.kept_by_reason() {
+            metrics::tail_sampling(Some(reason.as_str()), spans as u64);
         }
+        self.queue.extend(decisions.kept);
     }
 
     /// Takes finished spans into the queue (through the tail sampler, when it is on).
@@ -433,7 +437,12 @@ impl Handler<Enqueue> for SpanExportActor {
     type Result = ();
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
-        self.accept(msg.0);
+        // The tail sampler decides on a trace's root, so it wants children first: a span sent
+        // alone ended after what is staged now, so that goes in first.
+        if self.tail.is_some() && !msg.chunk {
+            self.accept_staged();
+        }
+        self.accept(msg.spans);
         if self.queue.len() >= self.config.max_export_batch_size {
             self.pump(ctx, false);
         }

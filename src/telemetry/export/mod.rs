@@ -4,7 +4,9 @@
 //!  request threads                         exporter thread ("otel-export", own actix System)
 //!  ───────────────                         ─────────────────────────────────────────────────
 //!  span ends ─▶ ActorSpanProcessor::on_end ──try_send──▶ SpanExportActor ─▶ [tail] ─▶ otlp ─▶ transport ─▶ endpoint
-//!               (bound check, never waits)                (batching, timer, retries, flush, shutdown)
+//!               (bound check, never waits;                (batching, timer, retries, flush, shutdown)
+//!                failure marks for tail sampling)
+//!  root ends ─▶ on_request_end: tail decision ─▶ carried on the root span ─▶ obeyed by [tail]
 //! ```
 
 mod actor;
@@ -21,7 +23,11 @@ use opentelemetry_sdk::Resource;
 pub use actor::{BatchConfig, FlushReport};
 pub use otlp::{AttributeLimits, EncodedBatch, OtlpEncoder};
 pub use processor::ActorSpanProcessor;
-pub use tail::TailPolicy;
+// Tail sampling's request-path half, for `root_span` and `telemetry::init`.
+pub use tail::{
+    DROPPED as TAIL_DROPPED, REASON_ATTRIBUTE as TAIL_REASON_ATTRIBUTE, RootDecider, TailPolicy,
+    TailReason, install as install_tail_sampling, root_decider,
+};
 pub use transport::RetryPolicy;
 
 use crate::telemetry::config::TelemetrySettings;
@@ -71,7 +77,6 @@ pub fn start(
         schedule_delay: settings.schedule_delay,
         export_deadline: settings.export_deadline,
         max_request_bytes: options.max_request_bytes,
-        tail_sampling: settings.tail_sampling,
     };
     let limits = AttributeLimits {
         count: settings.attribute_count_limit,
@@ -84,6 +89,19 @@ pub fn start(
         STAGING_CHUNK.min(settings.max_export_batch_size),
     ));
     let max_queue_size = settings.max_queue_size;
+    // Tail sampling's two halves share the failure marks: the processor sets them as spans
+    // end, the root reads them, the actor rotates them.
+    let tail = settings.tail_sampling.map(|policy| {
+        let marks = Arc::new(tail::FailedTraces::default());
+        (
+            tail::RootDecider::new(policy, Arc::clone(&marks)),
+            tail::TailSampler::new(policy, marks),
+        )
+    });
+    let (decider, sampler) = match tail {
+        Some((decider, sampler)) => (Some(decider), Some(sampler)),
+        None => (None, None),
+    };
 
     let (addr_tx, addr_rx) = std::sync::mpsc::sync_channel(1);
     let actor_gauge = Arc::clone(&gauge);
@@ -97,7 +115,14 @@ pub fn start(
                     // The gauge bounds what the exporter holds; the mailbox only has to be at
                     // least as large so that it is never the tighter bound.
                     ctx.set_mailbox_capacity(max_queue_size);
-                    SpanExportActor::new(batch, encoder, transport, actor_gauge, actor_staging)
+                    SpanExportActor::new(
+                        batch,
+                        encoder,
+                        transport,
+                        actor_gauge,
+                        actor_staging,
+                        sampler,
+                    )
                 });
                 let _ = addr_tx.send(addr);
             });
@@ -112,5 +137,6 @@ pub fn start(
         max_queue_size,
         settings.export_deadline,
         thread,
+        decider,
     ))
 }

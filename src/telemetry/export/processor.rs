@@ -5,7 +5,8 @@
 //! full (see [`Staging`] for why chunks). It never waits: when the exporter holds
 //! `OTEL_BSP_MAX_QUEUE_SIZE` spans, the span is dropped, counted, and the first drop is logged.
 //! Flush and shutdown are messages carrying their reply channel; only they wait, and only for a
-//! bounded time.
+//! bounded time. With tail sampling on it also marks the trace of a failed span (a few atomic
+//! bit sets), for the root to find when it decides (see `tail`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,10 +15,12 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use opentelemetry::Context;
+use opentelemetry::trace::Status;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
 use super::actor::{Enqueue, Flush, FlushReport, QueueGauge, Shutdown, SpanExportActor, Staging};
+use super::tail::RootDecider;
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, SpanOutcome};
 
@@ -32,6 +35,8 @@ pub struct ActorSpanProcessor {
     warned_full: AtomicBool,
     shut_down: AtomicBool,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Tail sampling's request-path half, when it is on.
+    tail: Option<RootDecider>,
 }
 
 impl ActorSpanProcessor {
@@ -42,6 +47,7 @@ impl ActorSpanProcessor {
         max_queue_size: usize,
         flush_timeout: Duration,
         thread: JoinHandle<()>,
+        tail: Option<RootDecider>,
     ) -> Self {
         Self {
             addr,
@@ -52,7 +58,14 @@ impl ActorSpanProcessor {
             warned_full: AtomicBool::new(false),
             shut_down: AtomicBool::new(false),
             thread: Mutex::new(Some(thread)),
+            tail,
         }
+    }
+
+    /// What decides a trace as its local root ends, when tail sampling is on: install it
+    /// (`export::install_tail_sampling`) for the request path.
+    pub fn root_decider(&self) -> Option<RootDecider> {
+        self.tail.clone()
     }
 
     fn drop_full(&self, spans: usize) {
@@ -85,17 +98,24 @@ impl SpanProcessor for ActorSpanProcessor {
         if !span.span_context.is_sampled() || self.shut_down.load(Ordering::Relaxed) {
             return;
         }
+        // Before the queue bound: a failure must reach its root's decision even when the span
+        // itself cannot be queued.
+        if let Some(tail) = &self.tail
+            && matches!(span.status, Status::Error { .. })
+        {
+            tail.mark_failed(span.span_context.trace_id());
+        }
         if !self.gauge.try_reserve(self.max_queue_size) {
             self.drop_full(1);
             return;
         }
-        let send = match self.staging.push(span) {
+        let (send, chunk) = match self.staging.push(span) {
             Ok(None) => return,
-            Ok(Some(chunk)) => chunk,
-            Err(span) => vec![span],
+            Ok(Some(chunk)) => (chunk, true),
+            Err(span) => (vec![span], false),
         };
         let spans = send.len();
-        if self.addr.try_send(Enqueue(send)).is_err() {
+        if self.addr.try_send(Enqueue { spans: send, chunk }).is_err() {
             self.gauge.release(spans);
             self.drop_full(spans);
         }
