@@ -842,6 +842,49 @@ async fn a_job_of_a_killed_process_is_taken_again_and_completes() {
 }
 
 #[tokio::test]
+async fn a_stopping_process_gives_its_job_back() {
+    let shared = Shared::new();
+    let binary = shared.launch(&[]);
+    let remote = Remote::of(&binary);
+    let user = remote.register("producer").await;
+    let post = remote.post(&user, "long").await;
+    let flac = ffmpeg_convert(
+        &silence_wav(1.0, 22_050, 1),
+        &["-stream_loop", "1799"],
+        "flac",
+    );
+    remote.upload(&user, &post, "audio/flac", flac).await;
+    poll_within("the job running", Duration::from_secs(30), || async {
+        (remote.status(&post).await.as_deref() == Some("processing")).then_some(())
+    })
+    .await;
+    binary.terminate();
+    let (status, logs) = binary.exited(Duration::from_secs(30)).await;
+    assert!(status.success());
+    assert!(
+        logs.iter()
+            .any(|l| l["msg"] == "audio job given back: the process is stopping"),
+        "{logs:#?}"
+    );
+    // Queued again, the interrupted attempt not counted: the next process starts afresh.
+    assert_eq!(
+        count(
+            &shared.db_url,
+            "SELECT count(*) AS n FROM audio_jobs WHERE state = 'queued' AND attempts = 0 \
+             AND leased_until IS NULL"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &shared.db_url,
+            "SELECT count(*) AS n FROM posts WHERE audio_status = 'pending'"
+        ),
+        1
+    );
+}
+
+#[tokio::test]
 async fn two_processes_on_one_database_process_each_job_exactly_once() {
     let otlp = OtlpReceiver::start().await;
     let shared = Shared::new();
@@ -940,4 +983,44 @@ async fn without_ffmpeg_the_service_starts_and_jobs_fail_with_that_reason() {
     assert_eq!(warnings.len(), 1, "{logs:#?}");
     assert_eq!(warnings[0]["level"], "warn");
     let _ = std::fs::remove_dir_all(&empty);
+}
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_audio_routes() {
+    let app = spawn_app().await;
+    let doc: Value = app
+        .get("/api-docs/openapi.json")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let route = &doc["paths"]["/api/v1/posts/{id}/audio"];
+    let put = &route["put"];
+    for status in ["202", "400", "401", "403", "404", "413", "415"] {
+        assert!(put["responses"][status].is_object(), "PUT {status}");
+    }
+    let types = put["requestBody"]["content"].as_object().unwrap();
+    let mut types: Vec<&str> = types.keys().map(String::as_str).collect();
+    types.sort_unstable();
+    assert_eq!(
+        types,
+        [
+            "audio/aiff",
+            "audio/flac",
+            "audio/mpeg",
+            "audio/ogg",
+            "audio/wav",
+            "audio/x-wav"
+        ]
+    );
+    let get = &route["get"];
+    for status in ["200", "206", "304", "404", "409", "416"] {
+        assert!(get["responses"][status].is_object(), "GET {status}");
+    }
+    assert!(get["responses"]["200"]["content"]["audio/mpeg"].is_object());
+    assert!(get["responses"]["206"]["headers"]["Content-Range"].is_object());
+    assert!(get["responses"]["416"]["headers"]["Content-Range"].is_object());
+    let audio = &doc["components"]["schemas"]["AudioJson"];
+    assert!(audio["properties"]["waveform"].is_object(), "{audio}");
+    assert!(doc["components"]["schemas"]["PostJson"]["properties"]["audio"].is_object());
 }
