@@ -78,10 +78,11 @@ impl Application {
                 "audio processing unavailable: ffmpeg/ffprobe not found on PATH; uploads will end failed";
                 "program" => program);
         }
-        let audio_runner = AudioRunner::start(&db, &audio, &settings.audio, tools);
+        let feeds = FeedCache::new(cache.clone(), settings.feed_cache_ttl);
+        let audio_runner = AudioRunner::start(&db, &feeds, &audio, &settings.audio, tools);
         let state = AppState {
             db,
-            feeds: FeedCache::new(cache.clone(), settings.feed_cache_ttl),
+            feeds,
             cache,
             recommender,
             http,

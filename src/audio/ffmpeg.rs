@@ -428,19 +428,30 @@ fn not_audio(stderr: &[u8], input: &Path) -> String {
     format!("not a readable audio file: {}", last_line(stderr, input))
 }
 
-/// ffmpeg's last line of complaint, without the server's path (ffmpeg prefixes messages about
-/// a file with its name), at most 160 characters.
+/// ffmpeg's last line of complaint, without the server's paths (ffmpeg prefixes messages about
+/// a file with its name; the output lives beside the input), at most 160 characters.
 fn last_line(stderr: &[u8], input: &Path) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let path = input.to_string_lossy();
+    let mut text = String::from_utf8_lossy(stderr).into_owned();
+    if let Some(dir) = input.parent().map(|d| d.to_string_lossy().into_owned())
+        && !dir.is_empty()
+    {
+        text = text.replace(&format!("{dir}/"), "");
+    }
+    let path = input
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let line = text
         .lines()
         .map(str::trim)
         .rfind(|l| !l.is_empty())
         .unwrap_or("unknown error");
-    let line = line
-        .replace(&format!("{path}: "), "")
-        .replace(&*path, "the file");
+    let line = if path.is_empty() {
+        line.to_owned()
+    } else {
+        line.replace(&format!("{path}: "), "")
+            .replace(&path, "the file")
+    };
     let mut line: String = line.chars().filter(|c| !c.is_control()).collect();
     if line.chars().count() > 160 {
         line = line.chars().take(157).collect::<String>() + "...";
@@ -506,5 +517,10 @@ mod tests {
             path,
         );
         assert_eq!(reason, "Invalid data found when processing input");
+        let reason = last_line(
+            b"Error opening output /srv/audio/p/u.2.part: No space\n",
+            path,
+        );
+        assert_eq!(reason, "Error opening output u.2.part: No space");
     }
 }

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use super::AudioStatus;
 use super::ffmpeg::Probe;
+use crate::db::models::PostAudio;
 use crate::db::schema::{audio_jobs, posts};
 use crate::errors::AppError;
 
@@ -47,6 +48,16 @@ pub fn post_owner(conn: &mut PgConnection, post_id: Uuid) -> Result<Uuid, AppErr
     posts::table
         .find(post_id)
         .select(posts::author_id)
+        .first(conn)
+        .optional()?
+        .ok_or(AppError::NotFound("post"))
+}
+
+/// A post's audio fields, for serving its file.
+pub fn post_audio(conn: &mut PgConnection, post_id: Uuid) -> Result<PostAudio, AppError> {
+    posts::table
+        .find(post_id)
+        .select(PostAudio::as_select())
         .first(conn)
         .optional()?
         .ok_or(AppError::NotFound("post"))

@@ -25,8 +25,10 @@
 //! log lines are written inside it, so they carry its ids.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -37,6 +39,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::ffmpeg::{self, MP3_BIT_RATE, StageError, Toolchain};
 use super::jobs::{self, ClaimedJob, Processed, Written};
 use super::{AudioService, AudioStorage};
+use crate::cache::feed::FeedCache;
 use crate::config::AudioSettings;
 use crate::db::Db;
 use crate::errors::{AppError, ErrorChain};
@@ -59,6 +62,7 @@ impl AudioRunner {
     /// Starts `settings.workers` workers on the current runtime.
     pub fn start(
         db: &Db,
+        feeds: &FeedCache,
         service: &AudioService,
         settings: &AudioSettings,
         tools: Toolchain,
@@ -68,6 +72,7 @@ impl AudioRunner {
             .map(|_| {
                 let worker = Worker {
                     db: db.clone(),
+                    feeds: feeds.clone(),
                     storage: service.storage.clone(),
                     wake: service.wake_handle(),
                     lease: settings.job_lease,
@@ -94,6 +99,8 @@ impl AudioRunner {
 
 struct Worker {
     db: Db,
+    /// Listings show the audio's state: a finished job makes cached pages stale.
+    feeds: FeedCache,
     storage: AudioStorage,
     wake: std::sync::Arc<tokio::sync::Notify>,
     lease: Duration,
@@ -127,7 +134,17 @@ impl Worker {
             match claimed {
                 Ok(Some(job)) => {
                     self.refresh_queue_depth().await;
-                    self.process(job).await;
+                    let (id, post) = (job.id, job.post_id);
+                    // A bug in one job must not take the worker with it: the job's lease runs
+                    // out and it is tried again (at most AUDIO_MAX_ATTEMPTS times).
+                    if AssertUnwindSafe(self.process(job))
+                        .catch_unwind()
+                        .await
+                        .is_err()
+                    {
+                        slog::error!(logging::logger(), "audio job panicked";
+                            "audio.job.id" => %id, "post.id" => %post);
+                    }
                     self.refresh_queue_depth().await;
                     continue;
                 }
@@ -328,6 +345,7 @@ impl Worker {
         let span = tracing::Span::current();
         match ending {
             Ending::Ready => {
+                self.feeds.invalidate().await;
                 span.record("audio.outcome", "ready");
                 metrics::audio_job(AudioJobOutcome::Ready);
                 slog::info!(logging::logger(), "audio job ready";
@@ -343,7 +361,7 @@ impl Worker {
                     .await;
                 match written {
                     Ok(Written::Lost) => return self.lost(job).await,
-                    Ok(Written::Done) => {}
+                    Ok(Written::Done) => self.feeds.invalidate().await,
                     // The lease will run out and another attempt will come.
                     Err(db_err) => {
                         slog::warn!(logging::logger(), "could not record an audio job's failure";

@@ -21,8 +21,6 @@ use super::{State, parse_id};
 use crate::audio::jobs::{self, NewUpload};
 use crate::audio::storage::{RangeRequest, ReceiveError, drain, parse_range};
 use crate::audio::{ACCEPTED_TYPES, AudioStatus};
-use crate::db::models::PostAudio;
-use crate::db::schema::posts;
 use crate::errors::{AppError, ErrorBody};
 use crate::telemetry::propagation;
 
@@ -203,19 +201,10 @@ pub async fn download(
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    use diesel::prelude::*;
-
     let post_id = parse_id(&path, "post")?;
-    let audio: PostAudio = state
+    let audio = state
         .db
-        .run(move |conn| {
-            posts::table
-                .find(post_id)
-                .select(PostAudio::as_select())
-                .first(conn)
-                .optional()?
-                .ok_or(AppError::NotFound("post"))
-        })
+        .run(move |conn| jobs::post_audio(conn, post_id))
         .await?;
     let upload = match (AudioStatus::from_stored(&audio.status), audio.upload_id) {
         (AudioStatus::Ready, Some(upload)) => upload,

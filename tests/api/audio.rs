@@ -208,8 +208,18 @@ async fn a_wav_upload_becomes_ready_in_the_uploads_trace() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["post_id"], id);
     assert_eq!(body["audio"]["status"], "pending");
+    // Cached now, most likely while the job still runs.
+    app.get("/api/v1/feed/unified?type=global").await;
 
     let post = app.settled(id).await;
+    // The finished job made cached feed pages stale.
+    let feed: Value = app
+        .get("/api/v1/feed/unified?type=global")
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(feed["items"][0]["audio"]["status"], "ready", "{feed}");
     let audio = &post["audio"];
     assert_eq!(audio["status"], "ready", "{post}");
     assert_eq!(audio["duration_ms"], 2000);
