@@ -352,6 +352,12 @@ impl Worker {
                     "audio.job.id" => %job.id, "post.id" => %job.post_id);
             }
             Ending::Failed(err) => {
+                // This attempt's transcode, if it got that far, is of no use; the file is this
+                // attempt's alone, so it goes whoever holds the job now.
+                let partial = self
+                    .storage
+                    .partial_mp3_path(job.post_id, job.id, job.attempts);
+                let _ = tokio::fs::remove_file(partial).await;
                 let retry = err.transient && job.attempts < self.max_attempts;
                 let claimed = job.clone();
                 let reason = err.reason.clone();

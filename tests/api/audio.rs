@@ -1034,3 +1034,79 @@ async fn the_openapi_document_describes_the_audio_routes() {
     assert!(audio["properties"]["waveform"].is_object(), "{audio}");
     assert!(doc["components"]["schemas"]["PostJson"]["properties"]["audio"].is_object());
 }
+
+#[tokio::test]
+async fn a_stage_past_its_timeout_is_killed_and_the_job_fails() {
+    let app = spawn_app_with(|c| {
+        c.set("AUDIO_STAGE_TIMEOUT_S", "1");
+    })
+    .await;
+    let user = app.register("producer").await;
+    let post = app.post_titled(&user, "too long").await;
+    let id = post["id"].as_str().unwrap();
+    // Half an hour of silence: seconds to transcode, more than the 1 s allowed.
+    let flac = ffmpeg_convert(
+        &silence_wav(1.0, 22_050, 1),
+        &["-stream_loop", "1799"],
+        "flac",
+    );
+    let response = app.upload(&user, id, "audio/flac", flac).await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let post = app.settled(id).await;
+    assert_eq!(post["audio"]["status"], "failed", "{post}");
+    assert_eq!(
+        post["audio"]["error"],
+        "processing took too long (ffmpeg was stopped after 1 s)"
+    );
+    // The child was killed: no ffmpeg still works on this post's files.
+    let dir = app.post_dir(id).to_string_lossy().into_owned();
+    poll_within("ffmpeg gone", Duration::from_secs(5), || {
+        let running = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .any(|cmd| String::from_utf8_lossy(&cmd).contains(&dir));
+        async move { (!running).then_some(()) }
+    })
+    .await;
+    // Its partial output is gone; the upload stays until replaced or deleted.
+    let files = files_in(&app.post_dir(id));
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(files[0].ends_with(".src"), "{files:?}");
+}
+
+#[tokio::test]
+async fn a_job_interrupted_too_often_ends_failed() {
+    let shared = Shared::new();
+    // This process only takes uploads.
+    let front = shared.launch(&[("AUDIO_WORKERS", "0")]);
+    let remote = Remote::of(&front);
+    let user = remote.register("producer").await;
+    let post = remote.post(&user, "unlucky").await;
+    remote
+        .upload(&user, &post, "audio/wav", sine_wav(0.3, 22_050, 1))
+        .await;
+    // As if three workers in a row had died holding it.
+    let mut conn = PgConnection::establish(&shared.db_url).unwrap();
+    diesel::sql_query(
+        "UPDATE audio_jobs SET state = 'running', attempts = 3, \
+         leased_until = now() - interval '1 second'",
+    )
+    .execute(&mut conn)
+    .unwrap();
+
+    let _worker = shared.launch(&[("AUDIO_MAX_ATTEMPTS", "3")]);
+    let body = settled_at(&remote.client, &remote.base, &post).await;
+    assert_eq!(body["audio"]["status"], "failed", "{body}");
+    assert_eq!(
+        body["audio"]["error"],
+        "processing was interrupted 3 times; giving up"
+    );
+    assert_eq!(
+        count(
+            &shared.db_url,
+            "SELECT count(*) AS n FROM audio_jobs WHERE state = 'failed'"
+        ),
+        1
+    );
+}
