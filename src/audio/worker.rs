@@ -122,15 +122,25 @@ enum Ending {
 
 impl Worker {
     async fn run(self) {
+        // Whether the last claim failed: an outage is logged once, not at every poll.
+        let mut failing = false;
         loop {
             if *self.stop.borrow() {
                 return;
             }
+            // Registered before the claim, so an upload that lands between an empty claim and
+            // the wait below still wakes this worker.
+            let woken = self.wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
             let lease = self.lease;
             let claimed = self
                 .db
                 .run_untraced(move |conn| Ok(jobs::claim(conn, lease)?))
                 .await;
+            if claimed.is_ok() {
+                failing = false;
+            }
             match claimed {
                 Ok(Some(job)) => {
                     self.refresh_queue_depth().await;
@@ -150,14 +160,17 @@ impl Worker {
                 }
                 Ok(None) => self.refresh_queue_depth().await,
                 Err(err) => {
-                    slog::warn!(logging::logger(), "could not claim an audio job";
-                        "error" => %ErrorChain(&err));
+                    if !failing {
+                        slog::warn!(logging::logger(), "could not claim an audio job; retrying";
+                            "error" => %ErrorChain(&err));
+                    }
+                    failing = true;
                 }
             }
             let mut stop = self.stop.clone();
             tokio::select! {
                 _ = tokio::time::sleep(POLL_INTERVAL) => {}
-                _ = self.wake.notified() => {}
+                _ = woken => {}
                 _ = stop.wait_for(|stopped| *stopped) => return,
             }
         }
