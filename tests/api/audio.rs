@@ -67,6 +67,15 @@ fn silence_wav(seconds: f64, rate: u32, channels: u16) -> Vec<u8> {
     wav(seconds, rate, channels, |_| 0.0)
 }
 
+/// Half an hour of silence: small as FLAC, seconds of work to transcode.
+fn long_silence_flac() -> Vec<u8> {
+    ffmpeg_convert(
+        &silence_wav(1.0, 22_050, 1),
+        &["-stream_loop", "1799"],
+        "flac",
+    )
+}
+
 /// Converts `input` with ffmpeg (extra `args` before the input, e.g. to loop it) to `ext`.
 fn ffmpeg_convert(input: &[u8], pre_input: &[&str], ext: &str) -> Vec<u8> {
     let dir = std::env::temp_dir().join(format!("sidechain-audio-src-{}", Uuid::new_v4()));
@@ -703,7 +712,12 @@ struct Remote {
 impl Remote {
     fn of(binary: &RunningBinary) -> Self {
         Self {
-            client: reqwest::Client::new(),
+            // A fresh connection per request: a kept-alive one that the server closes after its
+            // idle timeout just as a request goes out on it fails that request.
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
             base: binary.base.clone(),
         }
     }
@@ -809,18 +823,14 @@ impl Drop for Shared {
 
 #[tokio::test]
 async fn a_job_of_a_killed_process_is_taken_again_and_completes() {
+    // Made before any request (see `Remote::of`).
+    let flac = long_silence_flac();
     let shared = Shared::new();
     let lease = [("AUDIO_JOB_LEASE_S", "2")];
     let first = shared.launch(&lease);
     let remote = Remote::of(&first);
     let user = remote.register("producer").await;
     let post = remote.post(&user, "long").await;
-    // Half an hour of silence: small as FLAC, seconds of work to transcode.
-    let flac = ffmpeg_convert(
-        &silence_wav(1.0, 22_050, 1),
-        &["-stream_loop", "1799"],
-        "flac",
-    );
     remote.upload(&user, &post, "audio/flac", flac).await;
     poll_within("the job running", Duration::from_secs(30), || async {
         (remote.status(&post).await.as_deref() == Some("processing")).then_some(())
@@ -853,16 +863,13 @@ async fn a_job_of_a_killed_process_is_taken_again_and_completes() {
 
 #[tokio::test]
 async fn a_stopping_process_gives_its_job_back() {
+    // Made before any request (see `Remote::of`).
+    let flac = long_silence_flac();
     let shared = Shared::new();
     let binary = shared.launch(&[]);
     let remote = Remote::of(&binary);
     let user = remote.register("producer").await;
     let post = remote.post(&user, "long").await;
-    let flac = ffmpeg_convert(
-        &silence_wav(1.0, 22_050, 1),
-        &["-stream_loop", "1799"],
-        "flac",
-    );
     remote.upload(&user, &post, "audio/flac", flac).await;
     poll_within("the job running", Duration::from_secs(30), || async {
         (remote.status(&post).await.as_deref() == Some("processing")).then_some(())
@@ -1037,6 +1044,8 @@ async fn the_openapi_document_describes_the_audio_routes() {
 
 #[tokio::test]
 async fn a_stage_past_its_timeout_is_killed_and_the_job_fails() {
+    // Made before any request (see `Remote::of`).
+    let flac = long_silence_flac();
     let app = spawn_app_with(|c| {
         c.set("AUDIO_STAGE_TIMEOUT_S", "1");
     })
@@ -1044,12 +1053,6 @@ async fn a_stage_past_its_timeout_is_killed_and_the_job_fails() {
     let user = app.register("producer").await;
     let post = app.post_titled(&user, "too long").await;
     let id = post["id"].as_str().unwrap();
-    // Half an hour of silence: seconds to transcode, more than the 1 s allowed.
-    let flac = ffmpeg_convert(
-        &silence_wav(1.0, 22_050, 1),
-        &["-stream_loop", "1799"],
-        "flac",
-    );
     let response = app.upload(&user, id, "audio/flac", flac).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let post = app.settled(id).await;
