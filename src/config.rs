@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -32,7 +33,25 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// `TRACECONTEXT_TEST_ENDPOINT`: mounts `POST /test` for the W3C trace-context test suite.
     pub tracecontext_test_endpoint: bool,
+    pub audio: AudioSettings,
     pub telemetry: TelemetrySettings,
+}
+
+/// Uploads and their background processing (CONTRACT.md §1 and §6).
+#[derive(Debug, Clone)]
+pub struct AudioSettings {
+    /// `AUDIO_STORAGE_DIR`: uploaded and processed files (created if missing).
+    pub storage_dir: PathBuf,
+    /// `AUDIO_MAX_BYTES`: the largest upload, enforced while the body streams in.
+    pub max_bytes: u64,
+    /// `AUDIO_WORKERS`: jobs this process runs at once.
+    pub workers: usize,
+    /// `AUDIO_JOB_LEASE_S`: a claim not renewed for this long may be taken by another worker.
+    pub job_lease: Duration,
+    /// `AUDIO_MAX_ATTEMPTS`: tries of one job before it ends `failed`.
+    pub max_attempts: i32,
+    /// `AUDIO_STAGE_TIMEOUT_S`: bound on each ffprobe/ffmpeg run.
+    pub stage_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -293,6 +312,14 @@ impl Settings {
             token_ttl: Duration::from_secs(env.bounded("TOKEN_TTL_DAYS", 30u64, 1, 3650)? * 86_400),
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_S", 30, 0, 3600)?,
             tracecontext_test_endpoint: env.bool("TRACECONTEXT_TEST_ENDPOINT", false)?,
+            audio: AudioSettings {
+                storage_dir: PathBuf::from(env.string("AUDIO_STORAGE_DIR", "./data/audio")),
+                max_bytes: env.bounded("AUDIO_MAX_BYTES", 52_428_800u64, 1, 1 << 40)?,
+                workers: env.bounded("AUDIO_WORKERS", 1usize, 0, 256)?,
+                job_lease: env.seconds("AUDIO_JOB_LEASE_S", 60, 1, 86_400)?,
+                max_attempts: env.bounded("AUDIO_MAX_ATTEMPTS", 3i32, 1, 100)?,
+                stage_timeout: env.seconds("AUDIO_STAGE_TIMEOUT_S", 120, 1, 86_400)?,
+            },
             telemetry: TelemetrySettings::from_source(env)?,
         })
     }
@@ -358,6 +385,12 @@ mod tests {
         assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
         assert!(s.recommender.is_none());
         assert_eq!(s.log_level, LogLevel::Info);
+        assert_eq!(s.audio.storage_dir, PathBuf::from("./data/audio"));
+        assert_eq!(s.audio.max_bytes, 50 * 1024 * 1024);
+        assert_eq!(s.audio.workers, 1);
+        assert_eq!(s.audio.job_lease, Duration::from_secs(60));
+        assert_eq!(s.audio.max_attempts, 3);
+        assert_eq!(s.audio.stage_timeout, Duration::from_secs(120));
     }
 
     #[test]

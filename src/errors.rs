@@ -47,6 +47,8 @@ pub enum AppError {
     PayloadTooLarge,
     /// 415.
     UnsupportedMediaType,
+    /// 416: the `Range` asked for lies outside a resource of `size` bytes.
+    RangeNotSatisfiable { size: u64 },
     /// 503: a dependency the request needs is down.
     Unavailable {
         dependency: &'static str,
@@ -99,6 +101,7 @@ impl AppError {
             Self::Conflict { code, .. } => code,
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::RangeNotSatisfiable { .. } => "range_not_satisfiable",
             Self::Unavailable { .. } => "service_unavailable",
             Self::Internal { .. } => "internal_error",
         }
@@ -125,6 +128,9 @@ impl fmt::Display for AppError {
             Self::Conflict { message, .. } => f.write_str(message),
             Self::PayloadTooLarge => f.write_str("the request body is too large"),
             Self::UnsupportedMediaType => f.write_str("unsupported content type"),
+            Self::RangeNotSatisfiable { size } => {
+                write!(f, "the range lies outside the {size} bytes of the resource")
+            }
             Self::Unavailable { dependency, .. } => {
                 write!(f, "a backing service ({dependency}) is unavailable")
             }
@@ -170,6 +176,7 @@ impl ResponseError for AppError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -191,7 +198,15 @@ impl ResponseError for AppError {
                 trace_id: propagation::current_trace_id(),
             },
         };
-        HttpResponse::build(self.status_code()).json(body)
+        let mut response = HttpResponse::build(self.status_code());
+        if let Self::RangeNotSatisfiable { size } = self {
+            // RFC 9110 §15.5.17: the current length, so the client can ask again.
+            response.insert_header((
+                actix_web::http::header::CONTENT_RANGE,
+                format!("bytes */{size}"),
+            ));
+        }
+        response.json(body)
     }
 }
 

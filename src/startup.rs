@@ -10,6 +10,8 @@ use actix_web::middleware::from_fn;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
+use crate::audio::ffmpeg::Toolchain;
+use crate::audio::{AudioRunner, AudioService, AudioStorage};
 use crate::cache::Cache;
 use crate::cache::feed::FeedCache;
 use crate::clients::http::TracedClient;
@@ -38,12 +40,18 @@ pub enum StartupError {
     HttpClient(#[from] reqwest::Error),
     #[error("could not listen on BIND_ADDR: {0}")]
     Bind(#[from] std::io::Error),
+    #[error("could not create AUDIO_STORAGE_DIR {path:?}: {source}")]
+    AudioStorage {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The running service.
 pub struct Application {
     port: u16,
     server: Server,
+    audio_runner: AudioRunner,
 }
 
 impl Application {
@@ -57,13 +65,29 @@ impl Application {
             .recommender
             .as_ref()
             .map(|r| RecommenderClient::new(http.clone(), r.base_url.clone(), r.timeout));
+        let storage = AudioStorage::open(&settings.audio.storage_dir).map_err(|source| {
+            StartupError::AudioStorage {
+                path: settings.audio.storage_dir.clone(),
+                source,
+            }
+        })?;
+        let audio = AudioService::new(storage, settings.audio.max_bytes);
+        let tools = Toolchain::detect().await;
+        if let Some(program) = tools.missing() {
+            slog::warn!(logging::logger(),
+                "audio processing unavailable: ffmpeg/ffprobe not found on PATH; uploads will end failed";
+                "program" => program);
+        }
+        let feeds = FeedCache::new(cache.clone(), settings.feed_cache_ttl);
+        let audio_runner = AudioRunner::start(&db, &feeds, &audio, &settings.audio, tools);
         let state = AppState {
             db,
-            feeds: FeedCache::new(cache.clone(), settings.feed_cache_ttl),
+            feeds,
             cache,
             recommender,
             http,
             token_ttl: settings.token_ttl,
+            audio,
         };
 
         let listener = TcpListener::bind(settings.bind_addr)?;
@@ -89,6 +113,7 @@ impl Application {
         Ok(Self {
             port: address.port(),
             server,
+            audio_runner,
         })
     }
 
@@ -97,9 +122,11 @@ impl Application {
     }
 
     /// Serves until SIGTERM/SIGINT (then finishes in-flight requests) or a stop through the
-    /// server handle.
+    /// server handle; then stops the audio workers, which give their jobs back to the queue.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        self.audio_runner.stop().await;
+        served
     }
 
     /// A handle to stop the server from elsewhere (tests).
@@ -110,7 +137,7 @@ impl Application {
 
 /// Every route of CONTRACT.md §2. Each resource answers other methods with a JSON 405.
 fn route_table(cfg: &mut web::ServiceConfig, tracecontext_test_endpoint: bool) {
-    use routes::{auth, comments, docs, feed, health, posts, search, users};
+    use routes::{audio, auth, comments, docs, feed, health, posts, search, users};
 
     cfg.service(resource("/health").route(web::get().to(health::health)))
         .service(resource("/ready").route(web::get().to(health::ready)))
@@ -132,6 +159,11 @@ fn route_table(cfg: &mut web::ServiceConfig, tracecontext_test_endpoint: bool) {
                     resource("/posts/{id}")
                         .route(web::get().to(posts::get))
                         .route(web::delete().to(posts::delete)),
+                )
+                .service(
+                    resource("/posts/{id}/audio")
+                        .route(web::put().to(audio::upload))
+                        .route(web::get().to(audio::download)),
                 )
                 .service(
                     resource("/posts/{id}/like")

@@ -118,6 +118,27 @@ impl Db {
         .map_err(|e| AppError::internal("database task", e))?
     }
 
+    /// Like [`Db::run`], but the statements make no spans. For background polling only (the
+    /// audio job queue), which would otherwise start a new trace at every poll.
+    pub async fn run_untraced<T, F>(&self, f: F) -> Result<T, AppError>
+    where
+        F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let silent = tracing::subscriber::NoSubscriber::default();
+            tracing::subscriber::with_default(silent, || {
+                let mut conn = pool
+                    .get()
+                    .map_err(|e| AppError::unavailable("postgres", e))?;
+                f(&mut conn)
+            })
+        })
+        .await
+        .map_err(|e| AppError::internal("database task", e))?
+    }
+
     /// `SELECT 1`, for readiness.
     pub async fn ping(&self) -> Result<(), AppError> {
         self.run(|conn| {

@@ -49,6 +49,32 @@ pub struct PostRow {
     pub like_count: i64,
     pub comment_count: i64,
     pub created_at: DateTime<Utc>,
+    #[diesel(embed)]
+    pub audio: PostAudio,
+}
+
+/// A post's audio, as its JSON shows it (CONTRACT.md §2). Fields are null until known.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = posts, check_for_backend(diesel::pg::Pg))]
+pub struct PostAudio {
+    #[diesel(column_name = audio_status)]
+    pub status: String,
+    #[diesel(column_name = audio_upload_id)]
+    pub upload_id: Option<Uuid>,
+    #[diesel(column_name = audio_duration_ms)]
+    pub duration_ms: Option<i64>,
+    #[diesel(column_name = audio_sample_rate)]
+    pub sample_rate: Option<i32>,
+    #[diesel(column_name = audio_channels)]
+    pub channels: Option<i32>,
+    #[diesel(column_name = audio_source_format)]
+    pub source_format: Option<String>,
+    #[diesel(column_name = audio_waveform)]
+    pub waveform: Option<Vec<Option<f32>>>,
+    #[diesel(column_name = audio_error)]
+    pub error: Option<String>,
+    #[diesel(column_name = audio_bytes)]
+    pub bytes: Option<i64>,
 }
 
 /// A post with its author's name, as every listing shows it.

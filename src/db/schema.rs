@@ -1,6 +1,23 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    audio_jobs (id) {
+        id -> Uuid,
+        post_id -> Uuid,
+        state -> Text,
+        attempts -> Int4,
+        leased_until -> Nullable<Timestamptz>,
+        source_type -> Text,
+        source_bytes -> Int8,
+        traceparent -> Nullable<Text>,
+        tracestate -> Nullable<Text>,
+        last_error -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     auth_tokens (token_hash) {
         token_hash -> Bytea,
         user_id -> Uuid,
@@ -49,6 +66,15 @@ diesel::table! {
         like_count -> Int8,
         comment_count -> Int8,
         created_at -> Timestamptz,
+        audio_status -> Text,
+        audio_upload_id -> Nullable<Uuid>,
+        audio_duration_ms -> Nullable<Int8>,
+        audio_sample_rate -> Nullable<Int4>,
+        audio_channels -> Nullable<Int4>,
+        audio_source_format -> Nullable<Text>,
+        audio_waveform -> Nullable<Array<Nullable<Float4>>>,
+        audio_error -> Nullable<Text>,
+        audio_bytes -> Nullable<Int8>,
     }
 }
 
@@ -62,6 +88,7 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(audio_jobs -> posts (post_id));
 diesel::joinable!(auth_tokens -> users (user_id));
 diesel::joinable!(comments -> posts (post_id));
 diesel::joinable!(comments -> users (author_id));
@@ -69,4 +96,12 @@ diesel::joinable!(likes -> posts (post_id));
 diesel::joinable!(likes -> users (user_id));
 diesel::joinable!(posts -> users (author_id));
 
-diesel::allow_tables_to_appear_in_same_query!(auth_tokens, comments, follows, likes, posts, users,);
+diesel::allow_tables_to_appear_in_same_query!(
+    audio_jobs,
+    auth_tokens,
+    comments,
+    follows,
+    likes,
+    posts,
+    users,
+);

@@ -4,7 +4,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{auth, comments, feed, health, json, posts, search, users};
+use super::{audio, auth, comments, feed, health, json, posts, search, users};
 use crate::errors::{ErrorBody, ErrorDetail};
 
 #[derive(OpenApi)]
@@ -26,6 +26,8 @@ use crate::errors::{ErrorBody, ErrorDetail};
         posts::delete,
         posts::like,
         posts::unlike,
+        audio::upload,
+        audio::download,
         comments::create,
         comments::list,
         feed::unified,
@@ -42,6 +44,10 @@ use crate::errors::{ErrorBody, ErrorDetail};
         json::CommentJson,
         json::FeedJson,
         json::SearchJson,
+        json::AudioJson,
+        json::AudioUploadJson,
+        crate::audio::AudioStatus,
+        audio::AudioFile,
     )),
     modifiers(&BearerAuth),
 )]

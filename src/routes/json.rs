@@ -5,7 +5,8 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::db::models::{CommentRow, PostWithAuthor, ProfileCounts, UserRow};
+use crate::audio::AudioStatus;
+use crate::db::models::{CommentRow, PostAudio, PostWithAuthor, ProfileCounts, UserRow};
 use crate::db::queries::Page;
 
 /// The account of the caller, as returned by register and login.
@@ -82,6 +83,63 @@ pub struct PostJson {
     pub like_count: i64,
     pub comment_count: i64,
     pub created_at: DateTime<Utc>,
+    pub audio: AudioJson,
+}
+
+/// A post's audio (CONTRACT.md §2, §6). Fields are null until processing knows them.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AudioJson {
+    pub status: AudioStatus,
+    /// Length in milliseconds.
+    pub duration_ms: Option<i64>,
+    /// Hz, of the upload.
+    pub sample_rate: Option<i32>,
+    pub channels: Option<i32>,
+    /// The upload's container as ffprobe names it: `wav`, `flac`, `mp3`, `ogg`, `aiff`, …
+    pub source_format: Option<String>,
+    /// 200 absolute peak levels, 0.0–1.0, evenly over the whole audio.
+    #[schema(min_items = 200, max_items = 200)]
+    pub waveform: Option<Vec<f32>>,
+    /// Why processing failed, in words for the uploader (`failed` only).
+    pub error: Option<String>,
+}
+
+impl AudioJson {
+    /// The state right after an upload.
+    pub fn pending() -> Self {
+        Self {
+            status: AudioStatus::Pending,
+            duration_ms: None,
+            sample_rate: None,
+            channels: None,
+            source_format: None,
+            waveform: None,
+            error: None,
+        }
+    }
+}
+
+impl From<PostAudio> for AudioJson {
+    fn from(a: PostAudio) -> Self {
+        Self {
+            status: AudioStatus::from_stored(&a.status),
+            duration_ms: a.duration_ms,
+            sample_rate: a.sample_rate,
+            channels: a.channels,
+            source_format: a.source_format,
+            waveform: a
+                .waveform
+                .map(|w| w.into_iter().map(|p| p.unwrap_or(0.0)).collect()),
+            error: a.error,
+        }
+    }
+}
+
+/// The answer to an upload: processing has been queued.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AudioUploadJson {
+    pub post_id: Uuid,
+    pub audio: AudioJson,
 }
 
 impl From<PostWithAuthor> for PostJson {
@@ -102,6 +160,7 @@ impl From<PostWithAuthor> for PostJson {
             like_count: p.like_count,
             comment_count: p.comment_count,
             created_at: p.created_at,
+            audio: AudioJson::from(p.audio),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! HTTP handlers, one module per resource, and what they share: the application state, the
 //! JSON shapes of responses, and the extractors that turn raw input into domain values.
 
+pub mod audio;
 pub mod auth;
 pub mod comments;
 pub mod docs;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
 
+use crate::audio::AudioService;
 use crate::cache::Cache;
 use crate::cache::feed::FeedCache;
 use crate::clients::http::TracedClient;
@@ -35,6 +37,7 @@ pub struct AppState {
     pub recommender: Option<RecommenderClient>,
     pub http: TracedClient,
     pub token_ttl: Duration,
+    pub audio: AudioService,
 }
 
 pub type State = web::Data<AppState>;

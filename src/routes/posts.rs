@@ -111,6 +111,11 @@ pub async fn delete(
         .db
         .run(move |conn| posts::delete(conn, id, requester))
         .await?;
+    // The rows are gone (jobs with them); a worker still busy with one finds it lost.
+    if let Err(err) = state.audio.storage.remove_post(id).await {
+        slog::warn!(crate::telemetry::logging::logger(), "could not remove a deleted post's audio";
+            "post.id" => %id, "error" => %err);
+    }
     state.feeds.invalidate().await;
     Ok(HttpResponse::NoContent().finish())
 }

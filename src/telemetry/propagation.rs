@@ -4,6 +4,8 @@
 //!   `traceparent` yields an empty context, so the request starts a new trace.
 //! - Outgoing: [`inject`] writes the headers of a span into a `reqwest` request.
 //! - Back to the caller: [`traceresponse`] formats the W3C `traceresponse` header.
+//! - Into storage and back: [`w3c_context_of`] and [`context_from_w3c`], for background jobs that
+//!   continue the trace of the request that enqueued them.
 //! - Across threads: [`spawn_blocking_in_span`] carries `Span::current()` onto the blocking pool,
 //!   so Diesel's query spans stay children of the request span.
 //!
@@ -92,6 +94,37 @@ fn inject_context(cx: &Context, headers: &mut reqwest::header::HeaderMap) {
     {
         injector.set(TRACESTATE, received.header.clone());
     }
+}
+
+/// The W3C context naming `span` as a stored job keeps it: `(traceparent, tracestate)`, the
+/// values [`inject`] would send; `None` when the span is not part of a trace.
+pub fn w3c_context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    inject_context(&span.context(), &mut headers);
+    let value = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    Some((value(TRACEPARENT)?, value(TRACESTATE)))
+}
+
+/// The context that stored W3C values name (the inverse of [`w3c_context_of`]), checked by the
+/// same rules as an incoming request's headers; empty when `traceparent` is invalid.
+pub fn context_from_w3c(traceparent: &str, tracestate: Option<&str>) -> Context {
+    use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: &str| {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    put(TRACEPARENT, traceparent);
+    if let Some(state) = tracestate {
+        put(TRACESTATE, state);
+    }
+    extract_parent(&headers)
 }
 
 /// The span context of the current tracing span, if it is part of a trace.
@@ -353,6 +386,25 @@ mod tests {
         assert_eq!(sc.span_id().to_string(), PARENT);
         assert_eq!(sc.trace_state().header(), "vendor=a,other=b");
         assert_eq!(traceresponse(&sc), traceparent("01"));
+    }
+
+    #[test]
+    fn stored_context_round_trips() {
+        let cx = context_from_w3c(&traceparent("01"), Some("vendor=a,other=b"));
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_valid() && sc.is_sampled());
+        assert_eq!(sc.trace_id().to_string(), TRACE);
+        assert_eq!(sc.span_id().to_string(), PARENT);
+        let mut out = reqwest::header::HeaderMap::new();
+        inject_context(&cx, &mut out);
+        assert_eq!(out[TRACEPARENT], traceparent("01").as_str());
+        assert_eq!(out[TRACESTATE], "vendor=a,other=b");
+        assert!(
+            !context_from_w3c("garbage", None)
+                .span()
+                .span_context()
+                .is_valid()
+        );
     }
 
     #[test]

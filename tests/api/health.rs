@@ -96,6 +96,8 @@ async fn openapi_lists_every_route() {
         ("/api/v1/posts", "post"),
         ("/api/v1/posts/{id}", "get"),
         ("/api/v1/posts/{id}", "delete"),
+        ("/api/v1/posts/{id}/audio", "put"),
+        ("/api/v1/posts/{id}/audio", "get"),
         ("/api/v1/posts/{id}/like", "post"),
         ("/api/v1/posts/{id}/like", "delete"),
         ("/api/v1/posts/{id}/comments", "post"),

@@ -310,6 +310,8 @@ pub struct TestApp {
     pub redis_prefix: String,
     pub otlp: OtlpReceiver,
     pub logs: LogCapture,
+    /// `AUDIO_STORAGE_DIR` of this app, removed with it.
+    pub audio_dir: std::path::PathBuf,
 }
 
 /// Environment for one test app; tests change entries before spawning.
@@ -333,6 +335,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut TestConfig)) -> TestApp 
     let db_name = format!("sidechain_test_{}", Uuid::new_v4().simple());
     let db_url = format!("{}/{db_name}", postgres_base());
     let redis_prefix = format!("test:{}:", Uuid::new_v4().simple());
+    let audio_dir = std::env::temp_dir().join(format!("sidechain-audio-{db_name}"));
     let mut config = TestConfig {
         vars: HashMap::new(),
     };
@@ -344,6 +347,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut TestConfig)) -> TestApp 
         .set("REDIS_KEY_PREFIX", redis_prefix.clone())
         .set("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.server.uri())
         .set("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .set("AUDIO_STORAGE_DIR", audio_dir.to_string_lossy())
         .set("LOG_LEVEL", "info");
     configure(&mut config);
     let vars = config.vars.clone();
@@ -373,6 +377,7 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut TestConfig)) -> TestApp 
         redis_prefix,
         otlp,
         logs,
+        audio_dir,
     }
 }
 
@@ -495,6 +500,7 @@ impl Drop for TestApp {
         // Best effort: a leftover database or key is harmless, only untidy.
         drop_database(&self.db_name);
         drop_redis_keys(&self.redis_prefix);
+        let _ = std::fs::remove_dir_all(&self.audio_dir);
     }
 }
 
@@ -538,6 +544,11 @@ pub fn sidechain_command() -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
         .env("OTEL_BSP_EXPORT_TIMEOUT", "1000")
+        // Not ./data/audio in the repository.
+        .env(
+            "AUDIO_STORAGE_DIR",
+            std::env::temp_dir().join("sidechain-test-audio"),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd

@@ -4,6 +4,7 @@
 
 mod helpers;
 
+mod audio;
 mod auth;
 mod bad_input;
 mod comments;

@@ -1,0 +1,11 @@
+DROP TABLE audio_jobs;
+ALTER TABLE posts
+    DROP COLUMN audio_status,
+    DROP COLUMN audio_upload_id,
+    DROP COLUMN audio_duration_ms,
+    DROP COLUMN audio_sample_rate,
+    DROP COLUMN audio_channels,
+    DROP COLUMN audio_source_format,
+    DROP COLUMN audio_waveform,
+    DROP COLUMN audio_error,
+    DROP COLUMN audio_bytes;

@@ -1,0 +1,347 @@
+//! The durable queue of audio jobs: a Postgres table, no broker.
+//!
+//! ```text
+//!  upload ─▶ enqueue: post `pending`, job `queued` (one transaction; an older job `cancelled`)
+//!  worker ─▶ claim: FOR UPDATE SKIP LOCKED, `running`, attempts + 1, lease = now + AUDIO_JOB_LEASE_S
+//!           ─▶ renew the lease while the stages run
+//!           ─▶ finish: job `done` + post `ready`  |  fail: `failed` + reason  |  retry: `queued`
+//!  a worker that dies stops renewing ─▶ lease expires ─▶ any worker's claim takes the job again
+//! ```
+//!
+//! Why our own table rather than a queue crate: the one that fits Diesel (`fang`) has no lease,
+//! so a job whose worker was killed would stay taken. `SKIP LOCKED` lets replicas claim side by
+//! side without waiting on each other's row locks, and the claim is a single statement, so two
+//! replicas never take the same job.
+//!
+//! `attempts` is the claim's token: every write of a running job names the attempt it belongs
+//! to, so a worker whose lease expired and whose job was taken over cannot finish, fail or
+//! renew it any more; it learns that it lost the job and stops.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Int4, Nullable, Text, Uuid as SqlUuid};
+use uuid::Uuid;
+
+use super::AudioStatus;
+use super::ffmpeg::Probe;
+use crate::db::models::PostAudio;
+use crate::db::schema::{audio_jobs, posts};
+use crate::errors::AppError;
+
+/// A new upload, as the PUT handler records it.
+#[derive(Debug, Clone)]
+pub struct NewUpload {
+    /// Also the job's id and the name of the upload's files.
+    pub upload_id: Uuid,
+    pub post_id: Uuid,
+    pub source_type: String,
+    pub source_bytes: i64,
+    /// The W3C context of the upload request's span.
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// The author of a post, and the upload it has now.
+pub fn post_owner(conn: &mut PgConnection, post_id: Uuid) -> Result<Uuid, AppError> {
+    posts::table
+        .find(post_id)
+        .select(posts::author_id)
+        .first(conn)
+        .optional()?
+        .ok_or(AppError::NotFound("post"))
+}
+
+/// A post's audio fields, for serving its file.
+pub fn post_audio(conn: &mut PgConnection, post_id: Uuid) -> Result<PostAudio, AppError> {
+    posts::table
+        .find(post_id)
+        .select(PostAudio::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(AppError::NotFound("post"))
+}
+
+/// Marks the post `pending` and queues its job in one transaction; the post's earlier job, if
+/// still open, is cancelled. Returns the superseded upload, whose files the caller removes.
+pub fn enqueue(
+    conn: &mut PgConnection,
+    requester: Uuid,
+    upload: &NewUpload,
+) -> Result<Option<Uuid>, AppError> {
+    conn.transaction(|conn| {
+        // The row lock orders concurrent uploads to one post: each sees the one before it.
+        let (author, previous): (Uuid, Option<Uuid>) = posts::table
+            .find(upload.post_id)
+            .select((posts::author_id, posts::audio_upload_id))
+            .for_update()
+            .first(conn)
+            .optional()?
+            .ok_or(AppError::NotFound("post"))?;
+        if author != requester {
+            return Err(AppError::Forbidden(
+                "only the author can upload a post's audio",
+            ));
+        }
+        diesel::update(
+            audio_jobs::table
+                .filter(audio_jobs::post_id.eq(upload.post_id))
+                .filter(audio_jobs::state.eq_any(["queued", "running"])),
+        )
+        .set((
+            audio_jobs::state.eq("cancelled"),
+            audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
+            audio_jobs::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)?;
+        diesel::insert_into(audio_jobs::table)
+            .values((
+                audio_jobs::id.eq(upload.upload_id),
+                audio_jobs::post_id.eq(upload.post_id),
+                audio_jobs::source_type.eq(&upload.source_type),
+                audio_jobs::source_bytes.eq(upload.source_bytes),
+                audio_jobs::traceparent.eq(&upload.traceparent),
+                audio_jobs::tracestate.eq(&upload.tracestate),
+            ))
+            .execute(conn)?;
+        diesel::update(posts::table.find(upload.post_id))
+            .set((
+                posts::audio_status.eq(AudioStatus::Pending.as_str()),
+                posts::audio_upload_id.eq(upload.upload_id),
+                posts::audio_duration_ms.eq(None::<i64>),
+                posts::audio_sample_rate.eq(None::<i32>),
+                posts::audio_channels.eq(None::<i32>),
+                posts::audio_source_format.eq(None::<String>),
+                posts::audio_waveform.eq(None::<Vec<Option<f32>>>),
+                posts::audio_error.eq(None::<String>),
+                posts::audio_bytes.eq(None::<i64>),
+            ))
+            .execute(conn)?;
+        Ok(previous.filter(|p| *p != upload.upload_id))
+    })
+}
+
+/// A job a worker has claimed.
+#[derive(Debug, Clone, QueryableByName)]
+pub struct ClaimedJob {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    pub post_id: Uuid,
+    /// This claim's number, 1 for the first: the token of every later write.
+    #[diesel(sql_type = Int4)]
+    pub attempts: i32,
+    #[diesel(sql_type = Text)]
+    pub source_type: String,
+    #[diesel(sql_type = BigInt)]
+    pub source_bytes: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub traceparent: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub tracestate: Option<String>,
+}
+
+/// Claims the oldest job that is queued, or running under an expired lease.
+pub fn claim(conn: &mut PgConnection, lease: Duration) -> QueryResult<Option<ClaimedJob>> {
+    diesel::sql_query(
+        "UPDATE audio_jobs j \
+         SET state = 'running', attempts = j.attempts + 1, \
+             leased_until = now() + make_interval(secs => $1), updated_at = now() \
+         FROM (SELECT id FROM audio_jobs \
+               WHERE state = 'queued' OR (state = 'running' AND leased_until < now()) \
+               ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) next \
+         WHERE j.id = next.id \
+         RETURNING j.id, j.post_id, j.attempts, j.source_type, j.source_bytes, \
+                   j.traceparent, j.tracestate",
+    )
+    .bind::<Double, _>(lease.as_secs_f64())
+    .get_result(conn)
+    .optional()
+}
+
+/// Jobs waiting or running, for the `audio_jobs_queued` gauge.
+pub fn open_jobs(conn: &mut PgConnection) -> QueryResult<i64> {
+    audio_jobs::table
+        .filter(audio_jobs::state.eq_any(["queued", "running"]))
+        .count()
+        .get_result(conn)
+}
+
+/// The row of a job as this claim holds it: running, at this attempt.
+type ThisClaim = diesel::dsl::Filter<
+    audio_jobs::table,
+    diesel::dsl::And<
+        diesel::dsl::And<
+            diesel::dsl::Eq<audio_jobs::id, Uuid>,
+            diesel::dsl::Eq<audio_jobs::state, &'static str>,
+        >,
+        diesel::dsl::Eq<audio_jobs::attempts, i32>,
+    >,
+>;
+
+fn this_claim(job: &ClaimedJob) -> ThisClaim {
+    audio_jobs::table.filter(
+        audio_jobs::id
+            .eq(job.id)
+            .and(audio_jobs::state.eq("running"))
+            .and(audio_jobs::attempts.eq(job.attempts)),
+    )
+}
+
+/// Extends the lease; `false` when the job is no longer this claim's (cancelled, deleted with
+/// its post, or taken over after the lease expired).
+pub fn renew(conn: &mut PgConnection, job: &ClaimedJob, lease: Duration) -> QueryResult<bool> {
+    // The database's clock, as in `claim`: replicas' clocks need not agree.
+    diesel::sql_query(
+        "UPDATE audio_jobs SET leased_until = now() + make_interval(secs => $1) \
+         WHERE id = $2 AND state = 'running' AND attempts = $3",
+    )
+    .bind::<Double, _>(lease.as_secs_f64())
+    .bind::<SqlUuid, _>(job.id)
+    .bind::<Int4, _>(job.attempts)
+    .execute(conn)
+    .map(|n| n == 1)
+}
+
+/// Marks the post `processing`; `false` when the post has moved on to another upload.
+pub fn start(conn: &mut PgConnection, job: &ClaimedJob) -> QueryResult<bool> {
+    diesel::update(
+        posts::table
+            .find(job.post_id)
+            .filter(posts::audio_upload_id.eq(job.id)),
+    )
+    .set(posts::audio_status.eq(AudioStatus::Processing.as_str()))
+    .execute(conn)
+    .map(|n| n == 1)
+}
+
+/// What the stages found, stored with the `ready` post.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    pub probe: Probe,
+    pub waveform: Vec<f32>,
+    pub mp3_bytes: i64,
+}
+
+/// How a write to a claimed job went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    /// The job is no longer this claim's: nothing was changed.
+    Lost,
+}
+
+/// Job `done`, post `ready` with every field, in one transaction.
+pub fn finish(
+    conn: &mut PgConnection,
+    job: &ClaimedJob,
+    processed: &Processed,
+) -> Result<Written, AppError> {
+    conn.transaction(|conn| {
+        let claimed = diesel::update(this_claim(job))
+            .set((
+                audio_jobs::state.eq("done"),
+                audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
+                audio_jobs::last_error.eq(None::<String>),
+                audio_jobs::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)?;
+        if claimed == 0 {
+            return Ok(Written::Lost);
+        }
+        let waveform: Vec<Option<f32>> = processed.waveform.iter().copied().map(Some).collect();
+        diesel::update(
+            posts::table
+                .find(job.post_id)
+                .filter(posts::audio_upload_id.eq(job.id)),
+        )
+        .set((
+            posts::audio_status.eq(AudioStatus::Ready.as_str()),
+            posts::audio_duration_ms.eq(processed.probe.duration_ms),
+            posts::audio_sample_rate.eq(processed.probe.sample_rate),
+            posts::audio_channels.eq(processed.probe.channels),
+            posts::audio_source_format.eq(&processed.probe.format),
+            posts::audio_waveform.eq(waveform),
+            posts::audio_error.eq(None::<String>),
+            posts::audio_bytes.eq(processed.mp3_bytes),
+        ))
+        .execute(conn)?;
+        Ok(Written::Done)
+    })
+}
+
+/// Ends the job: `failed` for good (post `failed` with the reason) or, when `retry`, `queued`
+/// again for another attempt (post back to `pending`).
+pub fn fail(
+    conn: &mut PgConnection,
+    job: &ClaimedJob,
+    reason: &str,
+    retry: bool,
+) -> Result<Written, AppError> {
+    conn.transaction(|conn| {
+        let (state, post_status) = if retry {
+            ("queued", AudioStatus::Pending)
+        } else {
+            ("failed", AudioStatus::Failed)
+        };
+        let claimed = diesel::update(this_claim(job))
+            .set((
+                audio_jobs::state.eq(state),
+                audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
+                audio_jobs::last_error.eq(reason),
+                audio_jobs::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)?;
+        if claimed == 0 {
+            return Ok(Written::Lost);
+        }
+        diesel::update(
+            posts::table
+                .find(job.post_id)
+                .filter(posts::audio_upload_id.eq(job.id)),
+        )
+        .set((
+            posts::audio_status.eq(post_status.as_str()),
+            posts::audio_error.eq((!retry).then_some(reason)),
+        ))
+        .execute(conn)?;
+        Ok(Written::Done)
+    })
+}
+
+/// Gives a job back untried (the process is stopping): `queued`, this attempt not counted, so
+/// another worker takes it at once instead of after the lease.
+pub fn release(conn: &mut PgConnection, job: &ClaimedJob) -> Result<Written, AppError> {
+    conn.transaction(|conn| {
+        let claimed = diesel::update(this_claim(job))
+            .set((
+                audio_jobs::state.eq("queued"),
+                audio_jobs::attempts.eq(job.attempts - 1),
+                audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
+                audio_jobs::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)?;
+        if claimed == 0 {
+            return Ok(Written::Lost);
+        }
+        diesel::update(
+            posts::table
+                .find(job.post_id)
+                .filter(posts::audio_upload_id.eq(job.id)),
+        )
+        .set(posts::audio_status.eq(AudioStatus::Pending.as_str()))
+        .execute(conn)?;
+        Ok(Written::Done)
+    })
+}
+
+/// Whether the job was superseded: cancelled by a later upload, or gone with its post.
+pub fn is_superseded(conn: &mut PgConnection, job: &ClaimedJob) -> QueryResult<bool> {
+    let state: Option<String> = audio_jobs::table
+        .find(job.id)
+        .select(audio_jobs::state)
+        .first(conn)
+        .optional()?;
+    Ok(matches!(state.as_deref(), None | Some("cancelled")))
+}

@@ -1,0 +1,280 @@
+//! A post's audio: the author uploads it (processed in the background, CONTRACT.md §6), anyone
+//! downloads the processed MP3, with `Range`.
+//!
+//! The upload takes the raw `web::Payload` stream: the app's 256 KiB body limit applies to the
+//! buffering extractors only, and this body is written to disk chunk by chunk, with
+//! `AUDIO_MAX_BYTES` checked on every chunk.
+
+use std::io::SeekFrom;
+
+use actix_web::body::SizedStream;
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::auth::Authenticated;
+use super::json::{AudioJson, AudioUploadJson};
+use super::{State, parse_id};
+use crate::audio::jobs::{self, NewUpload};
+use crate::audio::storage::{RangeRequest, ReceiveError, drain, parse_range};
+use crate::audio::{ACCEPTED_TYPES, AudioStatus};
+use crate::errors::{AppError, ErrorBody};
+use crate::telemetry::propagation;
+
+/// The bytes of an audio file.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct AudioFile(pub Vec<u8>);
+
+/// Uploads the audio of a post (its author only). The file is stored and processed in the
+/// background: the post's `audio.status` goes `pending` → `processing` → `ready` or `failed`.
+/// A new upload replaces the previous one.
+#[utoipa::path(
+    put,
+    path = "/api/v1/posts/{id}/audio",
+    tag = "audio",
+    params(("id" = uuid::Uuid, Path, description = "Post id")),
+    request_body(
+        description = "The raw audio file, at most AUDIO_MAX_BYTES (default 50 MiB)",
+        content(
+            (AudioFile = "audio/wav"),
+            (AudioFile = "audio/x-wav"),
+            (AudioFile = "audio/mpeg"),
+            (AudioFile = "audio/flac"),
+            (AudioFile = "audio/ogg"),
+            (AudioFile = "audio/aiff"),
+        )
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Stored; processing is queued", body = AudioUploadJson),
+        (status = 400, description = "The upload was interrupted", body = ErrorBody),
+        (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 403, description = "Not the author", body = ErrorBody),
+        (status = 404, description = "No such post", body = ErrorBody),
+        (status = 413, description = "Larger than AUDIO_MAX_BYTES", body = ErrorBody),
+        (status = 415, description = "Not one of the accepted audio types", body = ErrorBody),
+    )
+)]
+pub async fn upload(
+    state: State,
+    me: Authenticated,
+    req: HttpRequest,
+    path: web::Path<String>,
+    mut body: web::Payload,
+) -> Result<HttpResponse, AppError> {
+    let audio = &state.audio;
+    let checked = check_upload(&state, &req, &path, me.id).await;
+    let (post_id, source_type) = match checked {
+        Ok(ok) => ok,
+        Err(err) => {
+            // Read a little of what the client is still sending, so that it sees this answer
+            // rather than a reset connection.
+            drain(&mut body).await;
+            return Err(err);
+        }
+    };
+
+    let upload_id = Uuid::new_v4();
+    let source_bytes = audio
+        .storage
+        .receive(post_id, upload_id, body, audio.max_bytes)
+        .await
+        .map_err(|err| match err {
+            ReceiveError::TooLarge(_) => AppError::PayloadTooLarge,
+            ReceiveError::Interrupted(why) => AppError::bad_request(
+                "upload_interrupted",
+                format!("the upload was interrupted: {why}"),
+            ),
+            ReceiveError::Io(e) => AppError::internal("storing the upload", e),
+        })?;
+
+    // The request's own span: the job continues this trace (CONTRACT.md §6).
+    let (traceparent, tracestate) = propagation::w3c_context_of(&tracing::Span::current())
+        .map_or((None, None), |(p, s)| (Some(p), s));
+    let new = NewUpload {
+        upload_id,
+        post_id,
+        source_type,
+        source_bytes: i64::try_from(source_bytes).unwrap_or(i64::MAX),
+        traceparent,
+        tracestate,
+    };
+    let requester = me.id;
+    let queued = state
+        .db
+        .run(move |conn| jobs::enqueue(conn, requester, &new))
+        .await;
+    let superseded = match queued {
+        Ok(superseded) => superseded,
+        Err(err) => {
+            audio.storage.remove_upload(post_id, upload_id).await;
+            return Err(err);
+        }
+    };
+    if let Some(previous) = superseded {
+        audio.storage.remove_upload(post_id, previous).await;
+    }
+    audio.job_queued();
+    // Listings show the audio's state.
+    state.feeds.invalidate().await;
+    Ok(HttpResponse::Accepted().json(AudioUploadJson {
+        post_id,
+        audio: AudioJson::pending(),
+    }))
+}
+
+/// 404, 403, 415 and a too-large `Content-Length`, before any of the body is read.
+async fn check_upload(
+    state: &State,
+    req: &HttpRequest,
+    path: &str,
+    requester: Uuid,
+) -> Result<(Uuid, String), AppError> {
+    let post_id = parse_id(path, "post")?;
+    let author = state
+        .db
+        .run(move |conn| jobs::post_owner(conn, post_id))
+        .await?;
+    if author != requester {
+        return Err(AppError::Forbidden(
+            "only the author can upload a post's audio",
+        ));
+    }
+    let media_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .filter(|v| ACCEPTED_TYPES.contains(&v.as_str()))
+        .ok_or(AppError::UnsupportedMediaType)?;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > state.audio.max_bytes) {
+        return Err(AppError::PayloadTooLarge);
+    }
+    Ok((post_id, media_type))
+}
+
+/// The processed audio of a post, as MP3, with `Range` support.
+#[utoipa::path(
+    get,
+    path = "/api/v1/posts/{id}/audio",
+    tag = "audio",
+    params(
+        ("id" = uuid::Uuid, Path, description = "Post id"),
+        ("Range" = Option<String>, Header, description = "One byte range, e.g. `bytes=0-1023`; several ranges are answered with the whole file"),
+        ("If-Range" = Option<String>, Header, description = "Serve the range only if the ETag still matches"),
+        ("If-None-Match" = Option<String>, Header, description = "ETag of a copy the client has"),
+    ),
+    responses(
+        (status = 200, description = "The whole MP3", body = AudioFile, content_type = "audio/mpeg",
+            headers(
+                ("ETag" = String, description = "Strong validator of this upload's audio"),
+                ("Accept-Ranges" = String, description = "`bytes`"),
+                ("Content-Length" = i64, description = "Size in bytes"),
+            )),
+        (status = 206, description = "The requested range", body = AudioFile, content_type = "audio/mpeg",
+            headers(
+                ("Content-Range" = String, description = "`bytes first-last/size`"),
+                ("ETag" = String, description = "Strong validator of this upload's audio"),
+                ("Accept-Ranges" = String, description = "`bytes`"),
+                ("Content-Length" = i64, description = "Size of the range in bytes"),
+            )),
+        (status = 304, description = "The client's copy (If-None-Match) is current",
+            headers(("ETag" = String, description = "Strong validator of this upload's audio"))),
+        (status = 404, description = "No such post, or it has no audio", body = ErrorBody),
+        (status = 409, description = "The audio is not ready (pending, processing or failed)", body = ErrorBody),
+        (status = 416, description = "The range lies outside the file", body = ErrorBody,
+            headers(("Content-Range" = String, description = "`bytes */size`"))),
+    )
+)]
+pub async fn download(
+    state: State,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let post_id = parse_id(&path, "post")?;
+    let audio = state
+        .db
+        .run(move |conn| jobs::post_audio(conn, post_id))
+        .await?;
+    let upload = match (AudioStatus::from_stored(&audio.status), audio.upload_id) {
+        (AudioStatus::Ready, Some(upload)) => upload,
+        (AudioStatus::None, _) | (_, None) => return Err(AppError::NotFound("audio")),
+        (AudioStatus::Failed, _) => {
+            return Err(AppError::Conflict {
+                code: "audio_not_ready",
+                message: "the audio could not be processed",
+            });
+        }
+        _ => {
+            return Err(AppError::Conflict {
+                code: "audio_not_ready",
+                message: "the audio is still being processed",
+            });
+        }
+    };
+
+    let file_path = state.audio.storage.mp3_path(post_id, upload);
+    let mut file = match tokio::fs::File::open(&file_path).await {
+        Ok(file) => file,
+        // Replaced or deleted since the row was read.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(AppError::NotFound("audio"));
+        }
+        Err(e) => return Err(AppError::internal("opening the audio", e)),
+    };
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| AppError::internal("opening the audio", e))?
+        .len();
+    // An upload's MP3 never changes: its id is a strong validator.
+    let etag = format!("\"{}\"", upload.simple());
+    let header_str = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+
+    if header_str(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.trim() == "*" || v.split(',').any(|t| t.trim() == etag))
+    {
+        return Ok(HttpResponse::NotModified()
+            .insert_header((header::ETAG, etag))
+            .finish());
+    }
+    let range = match header_str(header::IF_RANGE) {
+        Some(validator) if validator.trim() != etag => None,
+        _ => header_str(header::RANGE),
+    };
+
+    let mut response;
+    let length = match parse_range(range, size) {
+        RangeRequest::Full => {
+            response = HttpResponse::Ok();
+            size
+        }
+        RangeRequest::Partial { start, end } => {
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(|e| AppError::internal("reading the audio", e))?;
+            response = HttpResponse::PartialContent();
+            response.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}")));
+            end - start + 1
+        }
+        RangeRequest::Unsatisfiable => return Err(AppError::RangeNotSatisfiable { size }),
+    };
+    Ok(response
+        .content_type("audio/mpeg")
+        .insert_header((header::ACCEPT_RANGES, "bytes"))
+        .insert_header((header::ETAG, etag))
+        .body(SizedStream::new(
+            length,
+            ReaderStream::new(file.take(length)),
+        )))
+}
