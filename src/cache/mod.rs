@@ -6,7 +6,6 @@
 //! | --- | --- | --- |
 //! | `feed:clock` | integer, the logical clock of feed writes: `INCR`ed by every write that changes what a feed shows; never expires | posts, likes, comments, follows |
 //! | `feed:changed:all` | clock value of the last change every page depends on (a deleted post) | post deletion |
-//! | `feed:changed:global` | clock value of the last new post (the first page of `global` depends on it) | new posts |
 //! | `feed:changed:user:{user}` | clock value of that user's last write (the pages that user reads depend on it) | every write, for its writer |
 //! | `feed:page:{type}:{user or -}:{limit}:{cursor or -}` | `{built_at}\n{page JSON}`, `SET … EX FEED_CACHE_TTL_S` | the feed route |
 //!

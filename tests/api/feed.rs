@@ -223,11 +223,11 @@ async fn feed_is_cached_and_a_new_post_invalidates_it() {
         .unwrap();
     assert_eq!(titles(&page), ["first"], "served from the cache");
 
-    // A post through the API makes the first page of global stale: the next read misses and
-    // sees everything.
+    // A post through the API makes every page stale for its author: her next read misses and
+    // sees everything (others: within the TTL, see feed_cache.rs).
     app.post_titled(&alice, "second").await;
     let page: Value = app
-        .get("/api/v1/feed/unified?type=global")
+        .get_auth("/api/v1/feed/unified?type=global", &alice.token)
         .await
         .json()
         .await
