@@ -23,8 +23,9 @@
 //! lines of `MIXED_POSTS`, newest first), any seeded post otherwise. Feeds are read with the
 //! user's token, as a logged-in app does.
 //!
-//! Before and after the measured window it reads `/metrics`, and prints one Markdown report:
-//! throughput, p50/p99 per route, page hit rate per feed kind, Postgres queries per request.
+//! Before and after the measured window it reads `/metrics` (and, given `SERVER_PID`, the
+//! server's CPU time), and prints one Markdown report: throughput, p50/p99 per route, page hit
+//! rate per feed kind, Postgres queries per request, server CPU per request.
 //! Loopback only: it refuses any other host.
 
 use std::collections::{BTreeMap, HashMap};
@@ -300,6 +301,16 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[i]) / 1000.0
 }
 
+/// User + system CPU of a process in clock ticks (`/proc/{pid}/stat`), when there is one.
+fn cpu_ticks(pid: u64) -> Option<u64> {
+    if pid == 0 {
+        return None;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
+
 fn env_u64(name: &str, default: u64) -> Result<u64, String> {
     match std::env::var(name) {
         Err(_) => Ok(default),
@@ -335,6 +346,7 @@ async fn run() -> Result<(), String> {
     let max_requests = env_u64("MAX_REQUESTS", 2_000_000)?.max(1);
     let seed = env_u64("SEED", 16)?;
     let label = std::env::var("LABEL").unwrap_or_else(|_| "run".into());
+    let server_pid = env_u64("SERVER_PID", 0)?;
 
     let shared = Arc::new(Shared {
         base,
@@ -361,6 +373,7 @@ async fn run() -> Result<(), String> {
     }
     tokio::time::sleep(warmup).await;
     let before = scrape(&shared).await?;
+    let cpu_before = cpu_ticks(server_pid);
     shared
         .measuring
         .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -431,10 +444,22 @@ async fn run() -> Result<(), String> {
     } else {
         println!("Page hit rate per feed kind: {}.", kinds.join(", "));
     }
-    println!(
-        "Dashboard ratio (all cache_requests_total hit / hit+miss): {:.1} %.\n",
-        100.0 * hits / (hits + misses).max(1.0)
-    );
+    if hits + misses > 0.0 {
+        println!(
+            "Dashboard ratio (all cache_requests_total hit / hit+miss): {:.1} %.",
+            100.0 * hits / (hits + misses)
+        );
+    }
+    if let (Some(before), Some(after)) = (cpu_before, cpu_ticks(server_pid)) {
+        // Clock ticks are 1/100 s on Linux.
+        let ms = (after - before) as f64 * 10.0;
+        println!(
+            "Server CPU (user + system): {:.1} s, **{:.2} ms per request**.",
+            ms / 1000.0,
+            ms / http.max(1.0)
+        );
+    }
+    println!();
     println!(
         "| route | requests | errors | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: | ---: |"
     );

@@ -79,7 +79,7 @@ run_variant() {
   redis-cli -u "$REDIS_URL" --scan --pattern "${prefix}*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
   psql -tAq "$DB_URL" -c "SELECT id FROM posts ORDER BY created_at DESC" >"$OUT/posts.txt"
 
-  LABEL="$1" MIXED_BASE="http://127.0.0.1:$PORT" MIXED_POSTS="$OUT/posts.txt" \
+  LABEL="$1" SERVER_PID="$server" MIXED_BASE="http://127.0.0.1:$PORT" MIXED_POSTS="$OUT/posts.txt" \
     taskset -c 0 target/release/examples/mixed_load >"$OUT/$1.md"
   kill "$server"
   wait "$server" 2>/dev/null || true

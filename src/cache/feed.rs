@@ -99,7 +99,8 @@ impl FeedCache {
         Self { cache, ttl }
     }
 
-    fn enabled(&self) -> bool {
+    /// Whether pages are cached at all (`FEED_CACHE_TTL_S` not 0).
+    pub fn enabled(&self) -> bool {
         !self.ttl.is_zero()
     }
 

@@ -8,8 +8,8 @@
 //! ```
 //!
 //! The reader of a shared feed (`global`, `trending`) is identified when a token comes with
-//! the request, so that their own writes show at once (see `cache::feed`); a token that is not
-//! valid there is ignored, as it always was on public feeds. Redis failures are misses: the feed
+//! the request and the cache is on, so that their own writes show at once (see `cache::feed`);
+//! a token that is not valid there is ignored, as it always was on public feeds. Redis failures are misses: the feed
 //! is then served from Postgres.
 
 use std::time::Duration;
@@ -73,7 +73,7 @@ pub async fn unified(
     let (user, reader) = if kind.needs_user() {
         let id = Authenticated::from_http(&req).await?.id;
         (Some(id), Some(id))
-    } else if req.headers().contains_key(AUTHORIZATION) {
+    } else if state.feeds.enabled() && req.headers().contains_key(AUTHORIZATION) {
         (
             None,
             Authenticated::from_http(&req).await.ok().map(|me| me.id),
