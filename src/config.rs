@@ -25,7 +25,7 @@ pub struct Settings {
     pub recommender: Option<RecommenderSettings>,
     /// `LOG_LEVEL`.
     pub log_level: LogLevel,
-    /// `FEED_CACHE_TTL_S`: how long a cached feed page lives in Redis.
+    /// `FEED_CACHE_TTL_S`: how long a cached feed page lives in Redis; zero turns the cache off.
     pub feed_cache_ttl: Duration,
     /// `TOKEN_TTL_DAYS`: lifetime of a bearer token.
     pub token_ttl: Duration,
@@ -308,7 +308,7 @@ impl Settings {
             redis,
             recommender,
             log_level: env.parse("LOG_LEVEL", LogLevel::Info)?,
-            feed_cache_ttl: env.seconds("FEED_CACHE_TTL_S", 30, 1, 86_400)?,
+            feed_cache_ttl: env.seconds("FEED_CACHE_TTL_S", 30, 0, 86_400)?,
             token_ttl: Duration::from_secs(env.bounded("TOKEN_TTL_DAYS", 30u64, 1, 3650)? * 86_400),
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_S", 30, 0, 3600)?,
             tracecontext_test_endpoint: env.bool("TRACECONTEXT_TEST_ENDPOINT", false)?,

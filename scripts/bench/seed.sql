@@ -1,5 +1,6 @@
--- Benchmark data for scripts/bench/overhead.sh: 1,000 users, 20,000 posts, 20,000 follows,
--- ~100,000 likes and 20,000 comments, with the counters the application keeps in step.
+-- Benchmark data for scripts/bench/overhead.sh and mixed.sh: 1,000 users, 20,000 posts, 20,000
+-- follows, ~100,000 likes and 20,000 comments, with the counters the application keeps in step,
+-- and a token per user: `bench-token-{i}` logs in `producer_{i}` (stored hashed, as the app does).
 --
 -- Run against a database the backend has already migrated (overhead.sh starts it once first):
 --   psql -v ON_ERROR_STOP=1 postgres://postgres@127.0.0.1:5432/sidechain_bench -f scripts/bench/seed.sql
@@ -63,6 +64,11 @@ FROM (SELECT post_id, count(*) AS n FROM likes GROUP BY post_id) AS l
 WHERE p.id = l.post_id;
 
 UPDATE posts SET comment_count = 1;
+
+-- Tokens: the app stores the SHA-256 of a token; these are for the load driver only.
+INSERT INTO auth_tokens (token_hash, user_id, created_at, expires_at)
+SELECT sha256(convert_to('bench-token-' || i, 'UTF8')), md5('user' || i)::uuid, now(), now() + interval '30 days'
+FROM generate_series(1, 1000) AS i;
 
 COMMIT;
 

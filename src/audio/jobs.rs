@@ -129,6 +129,9 @@ pub struct ClaimedJob {
     pub id: Uuid,
     #[diesel(sql_type = SqlUuid)]
     pub post_id: Uuid,
+    /// The post's author (whose feed pages a finished job makes stale).
+    #[diesel(sql_type = SqlUuid)]
+    pub author_id: Uuid,
     /// This claim's number, 1 for the first: the token of every later write.
     #[diesel(sql_type = Int4)]
     pub attempts: i32,
@@ -148,11 +151,11 @@ pub fn claim(conn: &mut PgConnection, lease: Duration) -> QueryResult<Option<Cla
         "UPDATE audio_jobs j \
          SET state = 'running', attempts = j.attempts + 1, \
              leased_until = now() + make_interval(secs => $1), updated_at = now() \
-         FROM (SELECT id FROM audio_jobs \
-               WHERE state = 'queued' OR (state = 'running' AND leased_until < now()) \
-               ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) next \
+         FROM (SELECT a.id, p.author_id FROM audio_jobs a JOIN posts p ON p.id = a.post_id \
+               WHERE a.state = 'queued' OR (a.state = 'running' AND a.leased_until < now()) \
+               ORDER BY a.created_at LIMIT 1 FOR UPDATE OF a SKIP LOCKED) next \
          WHERE j.id = next.id \
-         RETURNING j.id, j.post_id, j.attempts, j.source_type, j.source_bytes, \
+         RETURNING j.id, j.post_id, next.author_id, j.attempts, j.source_type, j.source_bytes, \
                    j.traceparent, j.tracestate",
     )
     .bind::<Double, _>(lease.as_secs_f64())

@@ -39,7 +39,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use super::ffmpeg::{self, MP3_BIT_RATE, StageError, Toolchain};
 use super::jobs::{self, ClaimedJob, Processed, Written};
 use super::{AudioService, AudioStorage};
-use crate::cache::feed::FeedCache;
+use crate::cache::feed::{FeedCache, FeedChange};
 use crate::config::AudioSettings;
 use crate::db::Db;
 use crate::errors::{AppError, ErrorChain};
@@ -99,7 +99,7 @@ impl AudioRunner {
 
 struct Worker {
     db: Db,
-    /// Listings show the audio's state: a finished job makes cached pages stale.
+    /// Listings show the audio's state: a finished job makes every cached page stale.
     feeds: FeedCache,
     storage: AudioStorage,
     wake: std::sync::Arc<tokio::sync::Notify>,
@@ -358,7 +358,9 @@ impl Worker {
         let span = tracing::Span::current();
         match ending {
             Ending::Ready => {
-                self.feeds.invalidate().await;
+                self.feeds
+                    .changed(job.author_id, FeedChange::PostChanged)
+                    .await;
                 span.record("audio.outcome", "ready");
                 metrics::audio_job(AudioJobOutcome::Ready);
                 slog::info!(logging::logger(), "audio job ready";
@@ -380,7 +382,11 @@ impl Worker {
                     .await;
                 match written {
                     Ok(Written::Lost) => return self.lost(job).await,
-                    Ok(Written::Done) => self.feeds.invalidate().await,
+                    Ok(Written::Done) => {
+                        self.feeds
+                            .changed(job.author_id, FeedChange::PostChanged)
+                            .await
+                    }
                     // The lease will run out and another attempt will come.
                     Err(db_err) => {
                         slog::warn!(logging::logger(), "could not record an audio job's failure";

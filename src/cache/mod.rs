@@ -4,14 +4,14 @@
 //!
 //! | key | value | written by |
 //! | --- | --- | --- |
-//! | `feed:version` | integer, `INCR`ed by every write that changes what a feed shows; expires a day after the last write | posts, likes, comments, follows |
-//! | `feed:v{version}:{type}:{user or -}:{limit}:{cursor or -}` | a feed page, JSON; `SETEX` `FEED_CACHE_TTL_S` | the feed route |
+//! | `feed:clock` | integer, the logical clock of feed writes: `INCR`ed by every write that changes what a feed shows; never expires | posts, likes, comments, follows |
+//! | `feed:changed:all` | clock value of the last change every page depends on (a deleted post) | post deletion |
+//! | `feed:changed:user:{user}` | clock value of that user's last write (the pages that user reads depend on it) | every write, for its writer |
+//! | `feed:page:{type}:{user or -}:{limit}:{cursor or -}` | `{built_at}\n{page JSON}`, `SET … EX FEED_CACHE_TTL_S` | the feed route |
 //!
-//! Invalidation is by versioning: a write bumps `feed:version`, so the next read builds a key
-//! nobody has written yet and misses; stale pages are never read again and expire by TTL. A new
-//! post or like therefore shows up at once, not after the TTL. The version key itself expires a
-//! day after the last write (far longer than any page lives), so that when it restarts from 0
-//! no page of an earlier 0 can still exist.
+//! The `changed:*` keys expire long after any page built before them (ten page lifetimes, at
+//! least an hour); a missing one reads as 0. How pages are judged fresh against them is in
+//! [`feed`].
 //!
 //! Redis is an optimisation here, never a dependency: every operation is bounded by
 //! `REDIS_TIMEOUT_MS`, and callers treat a [`CacheError`] as a miss.
@@ -23,8 +23,10 @@ use std::time::Duration;
 
 use deadpool_redis::redis::{self, AsyncCommands};
 use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use opentelemetry::KeyValue;
 use tracing::Instrument;
 use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::RedisSettings;
 use crate::telemetry::metrics::{self, CacheResult};
@@ -165,6 +167,91 @@ impl Cache {
         result
     }
 
+    /// `MGET` of `keys` in one round trip. `judge` reads the values and says whether the read
+    /// was a hit (recorded as `cache.hit` on the span) along with what to return. The span is
+    /// named after the first key, which is the one the caller is after.
+    pub async fn mget<T>(
+        &self,
+        keys: &[CacheKey],
+        judge: impl FnOnce(Vec<Option<String>>) -> (bool, T),
+    ) -> Result<T, CacheError> {
+        let Some(first) = keys.first() else {
+            return Ok(judge(Vec::new()).1);
+        };
+        let span = cache_span("MGET", first);
+        span.record("db.operation.batch.size", keys.len() as i64);
+        let full: Vec<String> = keys.iter().map(|k| k.full.clone()).collect();
+        let values = self
+            .command(&span, |mut conn| async move {
+                redis::cmd("MGET")
+                    .arg(&full)
+                    .query_async::<Vec<Option<String>>>(&mut conn)
+                    .await
+            })
+            .await?;
+        let (hit, out) = judge(values);
+        span.record("cache.hit", hit);
+        Ok(out)
+    }
+
+    /// `EVAL` of a Lua script over `keys` (named after the first) with integer arguments,
+    /// returning its integer result: several dependent writes in one atomic round trip.
+    pub async fn eval(
+        &self,
+        script: &'static str,
+        keys: &[CacheKey],
+        args: &[i64],
+    ) -> Result<i64, CacheError> {
+        let Some(first) = keys.first() else {
+            return Ok(0);
+        };
+        let span = cache_span("EVAL", first);
+        span.record("db.operation.batch.size", keys.len() as i64);
+        let full: Vec<String> = keys.iter().map(|k| k.full.clone()).collect();
+        let result = self
+            .command(&span, |mut conn| async move {
+                redis::cmd("EVAL")
+                    .arg(script)
+                    .arg(full.len())
+                    .arg(&full)
+                    .arg(args)
+                    .query_async::<i64>(&mut conn)
+                    .await
+            })
+            .await;
+        if result.is_err() {
+            metrics::cache_request("EVAL", CacheResult::Error);
+        }
+        result
+    }
+
+    /// `SET key value EX ttl`, and once it is stored, the business event `event` with
+    /// `attributes` on the SET span (e.g. `feed.cached`).
+    pub async fn set_ex_with_event(
+        &self,
+        key: &CacheKey,
+        value: String,
+        ttl: Duration,
+        event: &'static str,
+        attributes: Vec<KeyValue>,
+    ) -> Result<(), CacheError> {
+        let span = cache_span("SET", key);
+        let result = self
+            .command(&span, |mut conn| {
+                let k = key.full.clone();
+                async move {
+                    conn.set_ex::<_, _, ()>(k, value, ttl.as_secs().max(1))
+                        .await
+                }
+            })
+            .await;
+        match &result {
+            Ok(()) => span.add_event(event, attributes),
+            Err(_) => metrics::cache_request("SET", CacheResult::Error),
+        }
+        result
+    }
+
     /// `PING`, for readiness.
     pub async fn ping(&self) -> Result<(), CacheError> {
         let span = tracing::info_span!(
@@ -218,6 +305,7 @@ fn cache_span(operation: &'static str, key: &CacheKey) -> tracing::Span {
         db.operation.name = operation,
         cache.key = key.full.as_str(),
         cache.hit = Empty,
+        db.operation.batch.size = Empty,
         otel.status_code = Empty,
         otel.status_description = Empty,
         error.type = Empty,

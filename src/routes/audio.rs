@@ -21,6 +21,7 @@ use super::{State, parse_id};
 use crate::audio::jobs::{self, NewUpload};
 use crate::audio::storage::{RangeRequest, ReceiveError, drain, parse_range};
 use crate::audio::{ACCEPTED_TYPES, AudioStatus};
+use crate::cache::feed::FeedChange;
 use crate::errors::{AppError, ErrorBody};
 use crate::telemetry::propagation;
 
@@ -119,8 +120,9 @@ pub async fn upload(
         audio.storage.remove_upload(post_id, previous).await;
     }
     audio.job_queued();
-    // Listings show the audio's state.
-    state.feeds.invalidate().await;
+    // Listings show the audio's state: the author sees `pending` at once, others within the
+    // cache's TTL (as for every write).
+    state.feeds.changed(requester, FeedChange::ByWriter).await;
     Ok(HttpResponse::Accepted().json(AudioUploadJson {
         post_id,
         audio: AudioJson::pending(),

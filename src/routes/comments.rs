@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use super::auth::Authenticated;
 use super::json::{CommentJson, PageJson};
 use super::{PageParams, State, parse_id};
+use crate::cache::feed::FeedChange;
 use crate::db::queries::comments;
 use crate::domain::{CommentBody, Cursor, Limit};
 use crate::errors::{AppError, ErrorBody};
@@ -45,7 +46,7 @@ pub async fn create(
         .db
         .run(move |conn| comments::insert(conn, post_id, author, &text))
         .await?;
-    state.feeds.invalidate().await;
+    state.feeds.changed(author, FeedChange::ByWriter).await;
     Ok(HttpResponse::Created().json(CommentJson::from(comment)))
 }
 

@@ -1,16 +1,20 @@
 //! The unified feed: four orderings behind one route, cached in Redis.
 //!
 //! ```text
-//!  GET /api/v1/feed/unified?type=…  ─▶ parse (400) ─▶ token if per-user (401)
-//!     ─▶ Redis: feed version ─▶ page at that version? ── hit ──▶ 200 (cached JSON)
+//!  GET /api/v1/feed/unified?type=…  ─▶ parse (400) ─▶ token if per-user (401), if any otherwise
+//!     ─▶ Redis: one MGET (page + what it depends on) ── fresh for this reader ──▶ 200 (cached JSON)
 //!                                   └─ miss ─▶ Postgres (recommended: recommender first,
-//!                                              trending when it cannot answer) ─▶ SETEX ─▶ 200
+//!                                              trending when it cannot answer) ─▶ SET ─▶ 200
 //! ```
 //!
-//! Redis failures are misses: the feed is then served from Postgres.
+//! The reader of a shared feed (`global`, `trending`) is identified when a token comes with
+//! the request and the cache is on, so that their own writes show at once (see `cache::feed`);
+//! a token that is not valid there is ignored, as it always was on public feeds. Redis failures are misses: the feed
+//! is then served from Postgres.
 
 use std::time::Duration;
 
+use actix_web::http::header::AUTHORIZATION;
 use actix_web::{HttpRequest, HttpResponse, web};
 use chrono::Utc;
 use serde::Deserialize;
@@ -20,7 +24,7 @@ use uuid::Uuid;
 use super::State;
 use super::auth::Authenticated;
 use super::json::{FeedJson, PostJson};
-use crate::cache::feed::PageKey;
+use crate::cache::feed::{Lookup, PageKey};
 use crate::db::models::PostWithAuthor;
 use crate::db::queries::Page;
 use crate::db::queries::feed::{self, Authors};
@@ -66,10 +70,16 @@ pub async fn unified(
     root_span::record_feed_type(&req, kind.as_str());
     let limit = Limit::parse(query.limit.as_deref())?;
     let cursor = Cursor::parse(query.cursor.as_deref())?;
-    let user = if kind.needs_user() {
-        Some(Authenticated::from_http(&req).await?.id)
+    let (user, reader) = if kind.needs_user() {
+        let id = Authenticated::from_http(&req).await?.id;
+        (Some(id), Some(id))
+    } else if state.feeds.enabled() && req.headers().contains_key(AUTHORIZATION) {
+        (
+            None,
+            Authenticated::from_http(&req).await.ok().map(|me| me.id),
+        )
     } else {
-        None
+        (None, None)
     };
 
     let key = PageKey {
@@ -78,18 +88,19 @@ pub async fn unified(
         limit,
         cursor,
     };
-    let version = state.feeds.version().await;
-    if let Some(version) = version
-        && let Some(json) = state.feeds.get(version, &key).await
-    {
-        return Ok(json_response(json));
-    }
+    let built_at = match state.feeds.lookup(&key, reader).await {
+        Lookup::Hit(json) => return Ok(json_response(json)),
+        Lookup::Miss { built_at } => built_at,
+    };
 
     let page = build(&state, kind, user, cursor, limit).await?;
     let json = serde_json::to_string(&page).map_err(|e| AppError::internal("feed encoding", e))?;
     // A fallback page is not what `recommended` means: only cache what was asked for.
-    if let Some(version) = version.filter(|_| page.kind == kind.as_str()) {
-        state.feeds.put(version, &key, json.clone()).await;
+    if let Some(built_at) = built_at.filter(|_| page.kind == kind.as_str()) {
+        state
+            .feeds
+            .store(&key, built_at, &json, page.items.len())
+            .await;
     }
     Ok(json_response(json))
 }

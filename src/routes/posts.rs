@@ -7,6 +7,7 @@ use utoipa::ToSchema;
 use super::auth::Authenticated;
 use super::json::PostJson;
 use super::{State, parse_id};
+use crate::cache::feed::FeedChange;
 use crate::db::queries::posts;
 use crate::domain::PostDraft;
 use crate::errors::{AppError, ErrorBody};
@@ -59,7 +60,7 @@ pub async fn create(
         .db
         .run(move |conn| posts::insert(conn, author, &draft))
         .await?;
-    state.feeds.invalidate().await;
+    state.feeds.changed(author, FeedChange::NewPost).await;
     let json = PostJson::from(post);
     Ok(HttpResponse::Created()
         .insert_header((
@@ -116,7 +117,10 @@ pub async fn delete(
         slog::warn!(crate::telemetry::logging::logger(), "could not remove a deleted post's audio";
             "post.id" => %id, "error" => %err);
     }
-    state.feeds.invalidate().await;
+    state
+        .feeds
+        .changed(requester, FeedChange::DeletedPost)
+        .await;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -144,7 +148,7 @@ pub async fn like(
         .db
         .run(move |conn| posts::like(conn, id, user))
         .await?;
-    state.feeds.invalidate().await;
+    state.feeds.changed(user, FeedChange::ByWriter).await;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -172,6 +176,6 @@ pub async fn unlike(
         .db
         .run(move |conn| posts::unlike(conn, id, user))
         .await?;
-    state.feeds.invalidate().await;
+    state.feeds.changed(user, FeedChange::ByWriter).await;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -5,6 +5,7 @@ use actix_web::{HttpResponse, web};
 use super::auth::Authenticated;
 use super::json::{PageJson, PostJson, ProfileJson};
 use super::{PageParams, State};
+use crate::cache::feed::FeedChange;
 use crate::db::queries::feed::{self, Authors};
 use crate::db::queries::users;
 use crate::domain::{Cursor, Limit, Username};
@@ -104,7 +105,7 @@ pub async fn follow(
             users::follow(conn, me_id, followee)
         })
         .await?;
-    state.feeds.invalidate().await;
+    state.feeds.changed(me_id, FeedChange::ByWriter).await;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -135,6 +136,6 @@ pub async fn unfollow(
             users::unfollow(conn, me_id, followee)
         })
         .await?;
-    state.feeds.invalidate().await;
+    state.feeds.changed(me_id, FeedChange::ByWriter).await;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -51,6 +51,8 @@ pub enum CacheResult {
 struct CacheLabels {
     operation: &'static str,
     result: &'static str,
+    /// The feed kind of a feed page lookup; empty (no label, to Prometheus) otherwise.
+    feed_type: Option<&'static str>,
 }
 
 impl CacheResult {
@@ -218,7 +220,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let cache_requests = Family::<CacheLabels, Counter>::default();
     registry.register(
         "cache_requests",
-        "Redis cache operations: reads by hit or miss, and failures of any operation",
+        "Redis cache operations: feed pages asked for by hit or miss (feed_type), and failures of any operation",
         cache_requests.clone(),
     );
     let exporter_spans = Family::<OutcomeLabels, Counter>::default();
@@ -328,6 +330,21 @@ pub fn cache_request(operation: &'static str, result: CacheResult) {
         .get_or_create(&CacheLabels {
             operation,
             result: result.as_str(),
+            feed_type: None,
+        })
+        .inc();
+}
+
+/// Counts one feed page asked of the cache (`operation="GET"`, `feed_type` the feed kind): a
+/// hit is a page served from Redis. The versions looked up with it (same round trip) are not
+/// counted, so hits over hits and misses is the share of pages the cache served.
+pub fn cache_page_request(feed_type: &'static str, result: CacheResult) {
+    METRICS
+        .cache_requests
+        .get_or_create(&CacheLabels {
+            operation: "GET",
+            result: result.as_str(),
+            feed_type: Some(feed_type),
         })
         .inc();
 }

@@ -79,7 +79,7 @@ async fn timeline_is_followed_and_own_posts_and_needs_a_token() {
     assert_eq!(page["type"], "timeline");
     assert_eq!(titles(&page), ["bob 2", "bob 1", "alice 1"]);
 
-    // Unfollowing takes bob out at once (the cache is invalidated).
+    // Unfollowing takes bob out of alice's timeline at once (her own write).
     assert_eq!(
         app.delete("/api/v1/users/bob/follow", Some(&alice.token))
             .await
@@ -141,7 +141,8 @@ async fn trending_orders_by_likes() {
         "UPDATE posts SET created_at = now() - interval '30 days' WHERE id = '{}'",
         old["id"].as_str().unwrap()
     ));
-    // The SQL above bypassed the app, so make it forget cached pages as a write would.
+    // Nothing has read trending yet, so no page of it is cached that the SQL above could leave
+    // stale.
     app.post_titled(&fans[0], "fan post").await;
 
     let items = app
@@ -222,17 +223,19 @@ async fn feed_is_cached_and_a_new_post_invalidates_it() {
         .unwrap();
     assert_eq!(titles(&page), ["first"], "served from the cache");
 
-    // A post through the API bumps the feed version: the next read misses and sees everything.
+    // A post through the API makes every page stale for its author: her next read misses and
+    // sees everything (others: within the TTL, see feed_cache.rs).
     app.post_titled(&alice, "second").await;
     let page: Value = app
-        .get("/api/v1/feed/unified?type=global")
+        .get_auth("/api/v1/feed/unified?type=global", &alice.token)
         .await
         .json()
         .await
         .unwrap();
     assert_eq!(titles(&page), ["second", "sneaky", "first"]);
 
-    // So does a like (counts shown in the feed change).
+    // A like changes the count at once for the one who liked (others: within the TTL, see
+    // feed_cache.rs).
     let id = page["items"][0]["id"].as_str().unwrap().to_owned();
     assert_eq!(
         app.post(&format!("/api/v1/posts/{id}/like"), Some(&alice.token))
@@ -241,7 +244,7 @@ async fn feed_is_cached_and_a_new_post_invalidates_it() {
         204
     );
     let page: Value = app
-        .get("/api/v1/feed/unified?type=global")
+        .get_auth("/api/v1/feed/unified?type=global", &alice.token)
         .await
         .json()
         .await

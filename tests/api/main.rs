@@ -11,6 +11,7 @@ mod comments;
 mod export_faults;
 mod exporter;
 mod feed;
+mod feed_cache;
 mod health;
 mod lifecycle;
 mod observability;

@@ -255,7 +255,7 @@ async fn metrics_in_both_formats_with_exemplars_that_lead_to_traces() {
         r#"http_server_request_duration_seconds_count{method="GET",route="unmatched",status="404"}"#,
         r#"db_client_operation_duration_seconds_count{operation="SELECT",table="posts"}"#,
         r#"db_client_operation_duration_seconds_count{operation="INSERT",table="posts"}"#,
-        r#"cache_requests_total{operation="GET",result="miss"}"#,
+        r#"cache_requests_total{operation="GET",result="miss",feed_type="global"}"#,
         r#"otel_exporter_spans_total{outcome="exported"}"#,
         "# TYPE otel_exporter_queue_spans gauge",
         "# TYPE otel_exporter_export_duration_seconds histogram",
