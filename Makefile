@@ -54,8 +54,10 @@ dev-logs:
 # exporter-isolation variants. Results and how to read them: BENCHMARKS.md.
 BENCH_SINK ?= healthy
 
+# reference-encoder (bench-only): the exporter also runs with the reference conversion (the
+# official message tree), so that the bench shows the direct encoder, the reference and the peer.
 bench-exporter:
-	cargo bench --bench exporter
+	cargo bench --bench exporter --features reference-encoder
 
 bench-overhead:
 	scripts/bench/overhead.sh --sink $(BENCH_SINK)

@@ -59,7 +59,7 @@ const QUEUE: usize = 131_072;
 const MAX_REQUEST_BYTES: usize = 20 * 1024 * 1024;
 /// Set in the child process that plays the sink; its value is the sink mode.
 const SINK_ENV: &str = "EXPORTER_BENCH_SINK";
-/// `ours`, `peer` or `sketch`: run that pipeline alone, for a profiler (see BENCHMARKS.md).
+/// `ours`, `reference`, `peer` or `sketch`: run that pipeline alone, for a profiler (see BENCHMARKS.md).
 const PROFILE_ENV: &str = "EXPORTER_BENCH_PROFILE";
 
 fn main() {
@@ -69,7 +69,7 @@ fn main() {
     }
     let full = std::env::args().any(|arg| arg == "--bench");
     let sink = SinkProcess::start();
-    let settings = settings(sink.port);
+    let settings = settings_with(sink.port, "gzip");
     let resource = sidechain::telemetry::resource(&settings);
     let pool = span_pool(2048);
 
@@ -81,18 +81,41 @@ fn main() {
 
     let mut criterion = Criterion::default().configure_from_args();
     encode_benches(&mut criterion, &settings, &resource, &pool);
-    let ours = ours(&settings, &resource);
-    let peer = peer(sink.port, &resource);
+    let ours = ours(&settings, &resource, Encoder::Direct);
+    let peer = peer(sink.port, &resource, true);
     pipeline_benches(&mut criterion, &ours, &peer, &pool, &sink);
     criterion.final_summary();
 
+    // The CPU account: every pipeline with gzip, then without compression.
+    let plain = settings_with(sink.port, "none");
+    let mut pipelines: Vec<(&str, Box<dyn SpanProcessor>)> = vec![("ours", Box::new(ours))];
+    #[cfg(feature = "reference-encoder")]
+    pipelines.push((
+        "reference",
+        Box::new(self::ours(&settings, &resource, Encoder::Reference)),
+    ));
+    pipelines.push(("peer", Box::new(peer)));
+    pipelines.push((
+        "ours, none",
+        Box::new(self::ours(&plain, &resource, Encoder::Direct)),
+    ));
+    #[cfg(feature = "reference-encoder")]
+    pipelines.push((
+        "reference, none",
+        Box::new(self::ours(&plain, &resource, Encoder::Reference)),
+    ));
+    pipelines.push((
+        "peer, none",
+        Box::new(self::peer(sink.port, &resource, false)),
+    ));
     let (spans, rounds) = if full { (102_400, 7) } else { (4_096, 1) };
     cpu_account(
-        &ours, &peer, &pool, &sink, &settings, &resource, spans, rounds,
+        &pipelines, &pool, &sink, &settings, &resource, spans, rounds,
     );
 
-    let _ = ours.shutdown_with_timeout(Duration::from_secs(10));
-    let _ = peer.shutdown_with_timeout(Duration::from_secs(10));
+    for (_, pipeline) in &pipelines {
+        let _ = pipeline.shutdown_with_timeout(Duration::from_secs(10));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -218,13 +241,13 @@ fn batch(pool: &[SpanData], from: usize, len: usize) -> Vec<SpanData> {
 // ---------------------------------------------------------------------------------------------
 // The two pipelines
 
-fn settings(port: u16) -> TelemetrySettings {
+fn settings_with(port: u16, compression: &str) -> TelemetrySettings {
     let vars: HashMap<&str, String> = HashMap::from([
         (
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             format!("http://127.0.0.1:{port}/v1/traces"),
         ),
-        ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".to_owned()),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", compression.to_owned()),
         ("OTEL_BSP_MAX_QUEUE_SIZE", QUEUE.to_string()),
         ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", BATCH.to_string()),
         // Only full batches (and the flush at the end of a round) are sent.
@@ -235,18 +258,47 @@ fn settings(port: u16) -> TelemetrySettings {
         .unwrap_or_else(|err| panic!("benchmark settings: {err}"))
 }
 
-fn ours(settings: &TelemetrySettings, resource: &Resource) -> ActorSpanProcessor {
-    export::start(settings, resource, ExportOptions::default())
+/// Which encoder our exporter runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Encoder {
+    /// `OtlpEncoder`: protobuf written straight from `SpanData`.
+    Direct,
+    /// The reference conversion through the official message tree (`reference-encoder`).
+    #[cfg_attr(
+        not(feature = "reference-encoder"),
+        expect(dead_code, reason = "feature-gated")
+    )]
+    Reference,
+}
+
+fn ours(settings: &TelemetrySettings, resource: &Resource, encoder: Encoder) -> ActorSpanProcessor {
+    let options = ExportOptions {
+        #[cfg(feature = "reference-encoder")]
+        reference_encoder: encoder == Encoder::Reference,
+        ..ExportOptions::default()
+    };
+    #[cfg(not(feature = "reference-encoder"))]
+    assert_eq!(
+        encoder,
+        Encoder::Direct,
+        "the reference needs --features reference-encoder"
+    );
+    export::start(settings, resource, options)
         .unwrap_or_else(|err| panic!("starting our exporter: {err}"))
 }
 
-fn peer(port: u16, resource: &Resource) -> BatchSpanProcessor {
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
+fn peer(port: u16, resource: &Resource, gzip: bool) -> BatchSpanProcessor {
+    let builder = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
         .with_endpoint(format!("http://127.0.0.1:{port}/v1/traces"))
-        .with_compression(opentelemetry_otlp::Compression::Gzip)
-        .with_timeout(Duration::from_secs(10))
+        .with_timeout(Duration::from_secs(10));
+    let builder = if gzip {
+        builder.with_compression(opentelemetry_otlp::Compression::Gzip)
+    } else {
+        builder
+    };
+    let exporter = builder
         .build()
         .unwrap_or_else(|err| panic!("building the opentelemetry-otlp exporter: {err}"));
     let config = BatchConfigBuilder::default()
@@ -386,12 +438,7 @@ struct Round {
 
 /// Pushes `n` spans (cloned from the pool, as a request thread hands over a finished span) and
 /// flushes; the round ends when the processor reports every span exported.
-fn round<P: SpanProcessor>(
-    processor: &P,
-    pool: &[SpanData],
-    n: usize,
-    sink: &SinkProcess,
-) -> Round {
+fn round(processor: &dyn SpanProcessor, pool: &[SpanData], n: usize, sink: &SinkProcess) -> Round {
     let (requests_before, bytes_before) = sink.counts();
     let ticks = process_cpu_ticks();
     let cpu = process_cpu();
@@ -453,14 +500,14 @@ fn profile(
     let mut rounds = Vec::new();
     match which {
         "ours" => {
-            let ours = ours(settings, resource);
+            let ours = ours(settings, resource, Encoder::Direct);
             while Instant::now() < until {
                 rounds.push(round(&ours, pool, N, sink));
             }
             let _ = ours.shutdown_with_timeout(Duration::from_secs(10));
         }
         "peer" => {
-            let peer = peer(sink.port, resource);
+            let peer = peer(sink.port, resource, true);
             while Instant::now() < until {
                 rounds.push(round(&peer, pool, N, sink));
             }
@@ -473,7 +520,15 @@ fn profile(
             }
             let _ = sketch.shutdown_with_timeout(Duration::from_secs(10));
         }
-        other => panic!("{PROFILE_ENV} is ours, peer or sketch, not {other:?}"),
+        #[cfg(feature = "reference-encoder")]
+        "reference" => {
+            let reference = ours(settings, resource, Encoder::Reference);
+            while Instant::now() < until {
+                rounds.push(round(&reference, pool, N, sink));
+            }
+            let _ = reference.shutdown_with_timeout(Duration::from_secs(10));
+        }
+        other => panic!("{PROFILE_ENV} is ours, reference, peer or sketch, not {other:?}"),
     }
     let cpu: Duration = rounds.iter().map(|r| r.cpu).sum();
     let wall: Duration = rounds.iter().map(|r| r.wall).sum();
@@ -520,6 +575,20 @@ fn encode_benches(
             BatchSize::SmallInput,
         )
     });
+    #[cfg(feature = "reference-encoder")]
+    {
+        let reference = OtlpEncoder::reference(resource, AttributeLimits::default());
+        group.bench_function("otlp_encode_reference_512", |b| {
+            b.iter_batched(
+                || {
+                    from = (from + BATCH) % pool.len();
+                    batch(pool, from, BATCH)
+                },
+                |spans| reference.encode(spans, MAX_REQUEST_BYTES),
+                BatchSize::SmallInput,
+            )
+        });
+    }
     group.bench_function("otlp_encode_gzip_fast_512", |b| {
         b.iter_batched(
             || {
@@ -575,10 +644,9 @@ fn gzip(bytes: &[u8], level: u32) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // The CPU account
 
-#[expect(clippy::too_many_arguments, reason = "one call, from main")]
+/// The CPU account: each pipeline in turn, round after round, then a table of medians.
 fn cpu_account(
-    ours: &ActorSpanProcessor,
-    peer: &BatchSpanProcessor,
+    pipelines: &[(&str, Box<dyn SpanProcessor>)],
     pool: &[SpanData],
     sink: &SinkProcess,
     settings: &TelemetrySettings,
@@ -586,27 +654,22 @@ fn cpu_account(
     spans: usize,
     rounds: usize,
 ) {
-    let sketch = BatchedHandoff::start(settings, resource);
     let mut by_name: HashMap<&str, Vec<Round>> = HashMap::new();
     for _ in 0..rounds {
-        by_name
-            .entry("sketch")
-            .or_default()
-            .push(round(&sketch, pool, spans, sink));
-        by_name
-            .entry("ours")
-            .or_default()
-            .push(round(ours, pool, spans, sink));
-        by_name
-            .entry("peer")
-            .or_default()
-            .push(round(peer, pool, spans, sink));
+        for (name, pipeline) in pipelines {
+            let r = round(pipeline.as_ref(), pool, spans, sink);
+            assert!(
+                r.requests >= (spans / BATCH) as u64,
+                "{name}: {} requests for {spans} spans: spans were lost",
+                r.requests
+            );
+            by_name.entry(name).or_default().push(r);
+        }
         by_name
             .entry("clone")
             .or_default()
             .push(clone_round(pool, spans));
     }
-    let _ = sketch.shutdown_with_timeout(Duration::from_secs(10));
     let n = spans as f64;
     let median = |name: &str, f: &dyn Fn(&Round) -> f64| -> f64 {
         let mut values: Vec<f64> = by_name[name].iter().map(f).collect();
@@ -624,82 +687,92 @@ fn cpu_account(
     let ticks_us = |r: &Round| r.cpu_ticks.as_secs_f64() * 1e6 / n;
     let rate = |r: &Round| n / r.wall.as_secs_f64();
     let wire = |r: &Round| r.bytes as f64 / n;
-
-    for name in ["ours", "peer", "sketch"] {
-        for r in &by_name[name] {
-            assert!(
-                r.requests >= (spans / BATCH) as u64,
-                "{name}: {} requests for {spans} spans: spans were lost",
-                r.requests
-            );
-        }
-    }
     let clone_us = median("clone", &cpu_us);
-    let ours_us = median("ours", &cpu_us);
-    let peer_us = median("peer", &cpu_us);
 
     // Encoding alone against encoding and compressing, single-threaded, per span.
-    let encoder = OtlpEncoder::new(resource, AttributeLimits::default());
     let transport = Transport::new(settings, RetryPolicy::default())
         .unwrap_or_else(|err| panic!("transport: {err}"));
+    #[cfg_attr(
+        not(feature = "reference-encoder"),
+        expect(unused_mut, reason = "the reference is added with the feature")
+    )]
+    let mut encoders = vec![(
+        "direct",
+        OtlpEncoder::new(resource, AttributeLimits::default()),
+    )];
+    #[cfg(feature = "reference-encoder")]
+    encoders.push((
+        "reference",
+        OtlpEncoder::reference(resource, AttributeLimits::default()),
+    ));
     let batches = (spans / BATCH).max(1);
-    let mut encode_us = Vec::new();
-    let mut encode_gzip_us = Vec::new();
-    let mut clone_batch_us = Vec::new();
-    let mut encoded_bytes = 0usize;
-    let mut gzip_bytes = 0usize;
-    for _ in 0..rounds {
-        let inputs: Vec<Vec<SpanData>> = (0..batches)
-            .map(|i| batch(pool, i * BATCH, BATCH))
-            .collect();
-        let started = Instant::now();
-        let mut encoded = Vec::with_capacity(batches);
-        for spans in inputs {
-            encoded.push(encoder.encode(spans, MAX_REQUEST_BYTES));
-        }
-        encode_us.push(started.elapsed().as_secs_f64() * 1e6 / (batches * BATCH) as f64);
-        encoded_bytes = encoded.iter().flatten().map(|e| e.bytes.len()).sum();
-
-        let inputs: Vec<Vec<SpanData>> = (0..batches)
-            .map(|i| batch(pool, i * BATCH, BATCH))
-            .collect();
-        let started = Instant::now();
-        let mut bodies = Vec::with_capacity(batches);
-        for spans in inputs {
-            for e in encoder.encode(spans, MAX_REQUEST_BYTES) {
-                bodies.push(transport.body(&e.bytes));
-            }
-        }
-        encode_gzip_us.push(started.elapsed().as_secs_f64() * 1e6 / (batches * BATCH) as f64);
-        gzip_bytes = bodies.iter().map(|b| b.len()).sum();
-
-        let started = Instant::now();
-        let inputs: Vec<Vec<SpanData>> = (0..batches)
-            .map(|i| batch(pool, i * BATCH, BATCH))
-            .collect();
-        clone_batch_us.push(started.elapsed().as_secs_f64() * 1e6 / (batches * BATCH) as f64);
-        drop(inputs);
-    }
+    let per_span = (batches * BATCH) as f64;
     let med = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let encode_us = med(encode_us);
-    let encode_gzip_us = med(encode_gzip_us);
+    let mut single = Vec::new();
+    for (name, encoder) in &encoders {
+        let (mut encode_us, mut encode_gzip_us) = (Vec::new(), Vec::new());
+        let (mut encoded_bytes, mut gzip_bytes) = (0usize, 0usize);
+        for _ in 0..rounds {
+            let inputs: Vec<Vec<SpanData>> = (0..batches)
+                .map(|i| batch(pool, i * BATCH, BATCH))
+                .collect();
+            let started = Instant::now();
+            let mut encoded = Vec::with_capacity(batches);
+            for spans in inputs {
+                encoded.push(encoder.encode(spans, MAX_REQUEST_BYTES));
+            }
+            encode_us.push(started.elapsed().as_secs_f64() * 1e6 / per_span);
+            encoded_bytes = encoded.iter().flatten().map(|e| e.bytes.len()).sum();
+
+            let inputs: Vec<Vec<SpanData>> = (0..batches)
+                .map(|i| batch(pool, i * BATCH, BATCH))
+                .collect();
+            let started = Instant::now();
+            let mut bodies = Vec::with_capacity(batches);
+            for spans in inputs {
+                for e in encoder.encode(spans, MAX_REQUEST_BYTES) {
+                    bodies.push(transport.body(&e.bytes));
+                }
+            }
+            encode_gzip_us.push(started.elapsed().as_secs_f64() * 1e6 / per_span);
+            gzip_bytes = bodies.iter().map(|b| b.len()).sum();
+        }
+        single.push((
+            *name,
+            med(encode_us),
+            med(encode_gzip_us),
+            encoded_bytes as f64 / per_span,
+            gzip_bytes as f64 / per_span,
+        ));
+    }
+    let mut clone_batch_us = Vec::new();
+    for _ in 0..rounds {
+        let started = Instant::now();
+        let inputs: Vec<Vec<SpanData>> = (0..batches)
+            .map(|i| batch(pool, i * BATCH, BATCH))
+            .collect();
+        clone_batch_us.push(started.elapsed().as_secs_f64() * 1e6 / per_span);
+        drop(inputs);
+    }
     let clone_batch_us = med(clone_batch_us);
-    let per_span = (batches * BATCH) as f64;
 
     println!();
     println!(
         "## Exporter CPU account: {spans} spans per round, {rounds} rounds alternated, medians"
     );
-    println!("(batch {BATCH}, queue {QUEUE}, gzip; process CPU from /proc/self/task/*/schedstat)");
+    println!(
+        "(batch {BATCH}, queue {QUEUE}; process CPU from /proc/self/task/*/schedstat; \
+         \"none\": no compression)"
+    );
     println!();
     println!(
         "| pipeline | spans/s (wall) | CPU µs/span | min–max | CPU µs/span (stat ticks) | net of producer | spans per CPU-s | wire bytes/span | requests/round |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for name in ["ours", "peer"] {
+    for (name, _) in pipelines {
         let (lo, hi) = spread(name, &cpu_us);
         let us = median(name, &cpu_us);
         println!(
@@ -715,20 +788,6 @@ fn cpu_account(
             by_name[name][0].requests,
         );
     }
-    let (lo, hi) = spread("sketch", &cpu_us);
-    let us = median("sketch", &cpu_us);
-    println!(
-        "| sketch: ours with one wake-up per batch | {:.0} | {:.2} | {:.2}–{:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {} |",
-        median("sketch", &rate),
-        us,
-        lo,
-        hi,
-        median("sketch", &ticks_us),
-        us - clone_us,
-        1e6 / us,
-        median("sketch", &wire),
-        by_name["sketch"][0].requests,
-    );
     let (lo, hi) = spread("clone", &cpu_us);
     println!(
         "| producer only (clone + drop) | {:.0} | {:.2} | {:.2}–{:.2} | {:.2} | – | – | – | – |",
@@ -739,31 +798,43 @@ fn cpu_account(
         median("clone", &ticks_us),
     );
     println!();
-    println!(
-        "ratio ours/peer, spans per CPU-second: {:.2}× gross, {:.2}× net of the producer",
-        peer_us / ours_us,
-        (peer_us - clone_us) / (ours_us - clone_us)
+    let ratio = |a: &str, b: &str, what: &str| {
+        if by_name.contains_key(a) && by_name.contains_key(b) {
+            let (a_us, b_us) = (median(a, &cpu_us), median(b, &cpu_us));
+            println!(
+                "{what} ({a} against {b}): {:.2}× gross, {:.2}× net of the producer",
+                b_us / a_us,
+                (b_us - clone_us) / (a_us - clone_us)
+            );
+        }
+    };
+    ratio("ours", "peer", "spans per CPU-second, gzip (goal ≥ 3×)");
+    ratio(
+        "ours, none",
+        "peer, none",
+        "spans per CPU-second, no compression (goal ≥ 2×)",
     );
-    let sketch_us = median("sketch", &cpu_us);
-    println!(
-        "ratio sketch/peer, spans per CPU-second: {:.2}× gross, {:.2}× net of the producer",
-        peer_us / sketch_us,
-        (peer_us - clone_us) / (sketch_us - clone_us)
+    ratio(
+        "ours",
+        "reference",
+        "CPU per span, gzip: reference / direct (goal ≥ 2×)",
     );
-    println!(
-        "encoded (uncompressed) bytes/span: {:.1}; gzip fast: {:.1} ({:.1}:1)",
-        encoded_bytes as f64 / per_span,
-        gzip_bytes as f64 / per_span,
-        encoded_bytes as f64 / gzip_bytes as f64
+    ratio(
+        "ours, none",
+        "reference, none",
+        "CPU per span, no compression: reference / direct",
     );
-    println!(
-        "per span, one thread: clone {:.3} µs; encode {:.3} µs; encode + gzip fast {:.3} µs; \
-         (encode+gzip)/encode = {:.2}×",
-        clone_batch_us,
-        encode_us,
-        encode_gzip_us,
-        encode_gzip_us / encode_us
-    );
+    println!();
+    println!("per span, one thread: clone {clone_batch_us:.3} µs");
+    for (name, encode_us, encode_gzip_us, encoded, gzipped) in &single {
+        println!(
+            "per span, one thread, {name}: encode {encode_us:.3} µs; encode + gzip fast \
+             {encode_gzip_us:.3} µs ((encode+gzip)/encode = {:.2}×); {encoded:.1} bytes \
+             encoded, {gzipped:.1} gzipped ({:.1}:1)",
+            encode_gzip_us / encode_us,
+            encoded / gzipped
+        );
+    }
     // A counter that never moved is not in the exposition: absent means zero.
     let exposition = sidechain::telemetry::metrics::encode(false);
     let counter = |outcome: &str| {
@@ -775,7 +846,8 @@ fn cpu_account(
             .to_owned()
     };
     println!(
-        "ours, otel_exporter_spans_total: exported {}, dropped_queue_full {}, failed {}",
+        "ours (every pipeline of ours), otel_exporter_spans_total: exported {}, \
+         dropped_queue_full {}, failed {}",
         counter("exported"),
         counter("dropped_queue_full"),
         counter("failed")
@@ -843,7 +915,7 @@ fn sink_child(mode: &str) {
         let _ = writeln!(out, "{bytes}");
         let _ = out.flush();
     });
-    if let Err(err) = sink::serve(listener, mode, report) {
+    if let Err(err) = sink::serve(listener, mode, report, None) {
         eprintln!("sink: {err}");
     }
 }

@@ -14,7 +14,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How the sink answers.
@@ -44,15 +44,28 @@ impl Mode {
 /// Called once per request read, with the number of body bytes.
 pub type Report = Arc<dyn Fn(u64) + Send + Sync>;
 
+/// Where the bodies go when they are kept (see [`serve_recording`]).
+pub type Recording = Arc<Mutex<dyn Write + Send>>;
+
 /// Serves until the listener fails; one thread per connection (exporters keep one or two
 /// connections alive, so there are few).
-pub fn serve(listener: TcpListener, mode: Mode, report: Report) -> io::Result<()> {
+///
+/// With a `recording`, every body is also appended to it as it came (still compressed), so
+/// that its spans can be counted after the run without decoding on the load's core: one record
+/// per request, a byte (1: gzip, 0: none), the length (u32, little-endian), the body.
+pub fn serve(
+    listener: TcpListener,
+    mode: Mode,
+    report: Report,
+    recording: Option<Recording>,
+) -> io::Result<()> {
     for stream in listener.incoming() {
         let stream = stream?;
         let report = Arc::clone(&report);
+        let recording = recording.clone();
         std::thread::spawn(move || {
             // A connection that breaks mid-request is the client's business, not the sink's.
-            let _ = connection(stream, mode, &report);
+            let _ = connection(stream, mode, &report, recording.as_ref());
         });
     }
     Ok(())
@@ -61,7 +74,12 @@ pub fn serve(listener: TcpListener, mode: Mode, report: Report) -> io::Result<()
 const OK: &[u8] =
     b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
 
-fn connection(stream: TcpStream, mode: Mode, report: &Report) -> io::Result<()> {
+fn connection(
+    stream: TcpStream,
+    mode: Mode,
+    report: &Report,
+    recording: Option<&Recording>,
+) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::with_capacity(64 * 1024, stream);
@@ -78,6 +96,7 @@ fn connection(stream: TcpStream, mode: Mode, report: &Report) -> io::Result<()> 
         let mut content_length: u64 = 0;
         let mut chunked = false;
         let mut close = false;
+        let mut gzip = false;
         loop {
             line.clear();
             if reader.read_line(&mut line)? == 0 {
@@ -95,15 +114,29 @@ fn connection(stream: TcpStream, mode: Mode, report: &Report) -> io::Result<()> 
                 content_length = value.parse().unwrap_or(0);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 chunked = value.to_ascii_lowercase().contains("chunked");
+            } else if name.eq_ignore_ascii_case("content-encoding") {
+                gzip = value.eq_ignore_ascii_case("gzip");
             } else if name.eq_ignore_ascii_case("connection") {
                 close = value.eq_ignore_ascii_case("close");
             }
         }
+        let mut body = recording.map(|_| Vec::new());
         let bytes = if chunked {
-            chunked_body(&mut reader, &mut line)?
+            chunked_body(&mut reader, &mut line, body.as_mut())?
         } else {
-            skip(&mut reader, content_length)?
+            skip(&mut reader, content_length, body.as_mut())?
         };
+        if let (Some(recording), Some(body)) = (recording, body) {
+            let mut record = Vec::with_capacity(5 + body.len());
+            record.push(u8::from(gzip));
+            record.extend_from_slice(&u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes());
+            record.extend_from_slice(&body);
+            // One write per record: records of two connections never interleave.
+            recording
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(&record)?;
+        }
         report(bytes);
         match mode {
             Mode::Healthy => {}
@@ -122,9 +155,12 @@ fn connection(stream: TcpStream, mode: Mode, report: &Report) -> io::Result<()> 
     }
 }
 
-/// Reads and discards exactly `n` bytes.
-fn skip(reader: &mut impl BufRead, n: u64) -> io::Result<u64> {
-    let copied = io::copy(&mut reader.take(n), &mut io::sink())?;
+/// Reads exactly `n` bytes, into `keep` if given, else discarding them.
+fn skip(reader: &mut impl BufRead, n: u64, keep: Option<&mut Vec<u8>>) -> io::Result<u64> {
+    let copied = match keep {
+        Some(keep) => io::copy(&mut reader.take(n), keep)?,
+        None => io::copy(&mut reader.take(n), &mut io::sink())?,
+    };
     if copied < n {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
@@ -132,7 +168,11 @@ fn skip(reader: &mut impl BufRead, n: u64) -> io::Result<u64> {
 }
 
 /// Reads a chunked body (chunk extensions and trailers ignored); returns its payload size.
-fn chunked_body(reader: &mut impl BufRead, line: &mut String) -> io::Result<u64> {
+fn chunked_body(
+    reader: &mut impl BufRead,
+    line: &mut String,
+    mut keep: Option<&mut Vec<u8>>,
+) -> io::Result<u64> {
     let mut total = 0;
     loop {
         line.clear();
@@ -151,7 +191,7 @@ fn chunked_body(reader: &mut impl BufRead, line: &mut String) -> io::Result<u64>
                 }
             }
         }
-        total += skip(reader, size)?;
+        total += skip(reader, size, keep.as_deref_mut())?;
         line.clear();
         reader.read_line(line)?; // the CRLF after the chunk
     }

@@ -9,16 +9,17 @@ bench_cleanup() {
 }
 trap bench_cleanup EXIT
 
-# start_sidechain NAME PORT OTEL_ENABLED SAMPLER_RATE REDIS_PREFIX LOG_LEVEL CPU
-# The release binary in a clean environment, on one core, exporting to the sink; waits for
-# /health and leaves the server's pid in SERVER_PID (stderr in $OUT/NAME.err).
+# start_sidechain NAME PORT OTEL_ENABLED SAMPLER_RATE REDIS_PREFIX LOG_LEVEL CPU [BINARY [SINK_PORT]]
+# The release binary (or BINARY) in a clean environment, on one core, exporting to the sink
+# (on SINK_PORT); waits for /health and leaves the server's pid in SERVER_PID (stderr in
+# $OUT/NAME.err).
 start_sidechain() {
   env -i PATH="$PATH" \
     BIND_ADDR="127.0.0.1:$2" DATABASE_URL="$DB_URL" REDIS_URL="$REDIS_URL" \
     REDIS_KEY_PREFIX="$5" FEED_CACHE_TTL_S=3600 LOG_LEVEL="$6" \
     OTEL_ENABLED="$3" OTEL_TRACE_SAMPLER_RATE="$4" \
-    OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_SERVICE_NAME=sidechain-bench \
-    taskset -c "$7" target/release/sidechain >/dev/null 2>"$OUT/$1.err" &
+    OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:${9:-$SINK_PORT}" OTEL_SERVICE_NAME=sidechain-bench \
+    taskset -c "$7" "${8:-target/release/sidechain}" >/dev/null 2>"$OUT/$1.err" &
   SERVER_PID=$!
   PIDS+=("$SERVER_PID")
   for _ in $(seq 1 120); do

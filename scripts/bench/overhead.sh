@@ -1,27 +1,41 @@
 #!/usr/bin/env bash
-# Tracing overhead on the request path (BENCHMARKS.md, part 2) and exporter isolation (part 3).
+# Tracing overhead on the request path (BENCHMARKS.md, part 2) and exporter isolation (part 3),
+# ours side by side with the standard Rust pipeline (the OpenTelemetry SDK's BatchSpanProcessor
+# with opentelemetry-otlp), on the same app in the same run.
 #
-#   scripts/bench/overhead.sh                 # healthy sink: traced vs untraced
-#   scripts/bench/overhead.sh --sink slow     # the trace endpoint answers after 5 s
-#   scripts/bench/overhead.sh --sink silent   # the trace endpoint accepts and never answers
+#   scripts/bench/overhead.sh                 # healthy sinks: untraced, ours, peer
+#   scripts/bench/overhead.sh --sink slow     # the trace endpoints answer after 5 s
+#   scripts/bench/overhead.sh --sink silent   # the trace endpoints accept and never answer
 #
-# Starts the release binary twice against one seeded database (`sidechain_bench`, created,
-# migrated by the binary, then filled by scripts/bench/seed.sql when it is not already):
-#   A  OTEL_ENABLED=false                       on 127.0.0.1:18787
-#   B  OTEL_ENABLED=true, OTEL_TRACE_SAMPLER_RATE=1.0, exporting to examples/otlp_sink
-#                                                on 127.0.0.1:18788
-# and drives them alternately (A, B, A, B, …) with wrk on three routes:
+# Builds the release binary twice (the default build, and `--features peer-pipeline`, which
+# installs the SDK's BatchSpanProcessor + opentelemetry-otlp HTTP/protobuf in place of our
+# export actor, configured from the same OTEL_* variables), then starts three servers against
+# one seeded database (`sidechain_bench`, created, migrated by the binary, then filled by
+# scripts/bench/seed.sql when it is not already):
+#   A  OTEL_ENABLED=false                                      on 127.0.0.1:18787
+#   B  ours: OTEL_ENABLED=true, OTEL_TRACE_SAMPLER_RATE=1.0    on 127.0.0.1:18788, sink :14318
+#   P  peer: the peer-pipeline build, the same settings         on 127.0.0.1:18789, sink :14319
+# and drives them alternately (A, B, P, A, B, P, …) with wrk on three routes:
 #   GET /health, GET /api/v1/posts/{id} (Postgres), GET /api/v1/feed/unified?type=global (Redis hit)
 # each route twice per repetition: a throughput run (CONNS connections) and a latency run
 # (1 connection, so that latency is service time and not queueing).
 #
-# CPU placement (the machine has 2 cores): both servers run on core 1 (`taskset -c 1`, so each has
-# one actix worker); wrk and the sink on core 0; Postgres and Redis are not pinned.
-# Logs: LOG_LEVEL=info for both servers (an access line per request), stdout to /dev/null.
+# Dropped spans: ours counts them (/metrics); the peer drops silently when its queue is full.
+# So each sink keeps the bodies it receives (undecoded, in a file: no decoding on the load's
+# core), and after the servers have been stopped (SIGTERM: each flushes on the way out) they
+# are decoded and the local roots received per route are compared with the requests each server
+# counted (http_server_request_duration_seconds).
 #
-# Environment: DURATION (s per wrk run, default 8), REPS (default 3), CONNS (default 16),
-# LOG_LEVEL (default info), SKIP_BUILD=1, FORCE_SEED=1, PG (default postgres://postgres@127.0.0.1:5432),
-# REDIS_URL (default redis://127.0.0.1:6379).
+# CPU placement (the machine has 2 cores): the servers run on core 1 (`taskset -c 1`, so each has
+# one actix worker); wrk and the sinks on core 0; Postgres and Redis are not pinned.
+# Logs: LOG_LEVEL=info for all servers (an access line per request), stdout to /dev/null.
+#
+# Environment: DURATION (s per wrk run, default 8), WARMUP (s per warm-up run, default 3), REPS
+# (default 3), CONNS (default 16), LOG_LEVEL (default info), SKIP_BUILD=1, FORCE_SEED=1,
+# PG (default postgres://postgres@127.0.0.1:5432), REDIS_URL (default redis://127.0.0.1:6379),
+# BENCH_DB (default sidechain_bench), PORT_BASE (default 18787: A, B, P on it and the next two),
+# SINK_PORT (default 14318: B's sink, P's on the next), REDIS_PREFIX (default sidechain-bench:).
+# Smoke run: DURATION=1 WARMUP=1 REPS=1 scripts/bench/overhead.sh
 # Results: target/bench-overhead/<sink>/ (raw wrk output, results.tsv, summary.md).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -30,22 +44,26 @@ SINK_MODE=healthy
 while [ $# -gt 0 ]; do
   case "$1" in
     --sink) SINK_MODE="${2:-}"; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,41p' "$0"; exit 0 ;;
     *) echo "overhead.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 case "$SINK_MODE" in healthy|slow|silent) ;; *) echo "overhead.sh: --sink healthy|slow|silent" >&2; exit 2 ;; esac
 
 DURATION="${DURATION:-8}"
+WARMUP="${WARMUP:-3}"
 REPS="${REPS:-3}"
 CONNS="${CONNS:-16}"
 LOG_LEVEL="${LOG_LEVEL:-info}"
 PG="${PG:-postgres://postgres@127.0.0.1:5432}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
-DB_URL="$PG/sidechain_bench"
-PORT_A=18787
-PORT_B=18788
-SINK_PORT=14318
+DB_URL="$PG/${BENCH_DB:-sidechain_bench}"
+PORT_BASE="${PORT_BASE:-18787}"
+PORT_A=$PORT_BASE
+PORT_B=$((PORT_BASE + 1))
+PORT_P=$((PORT_BASE + 2))
+SINK_PORT="${SINK_PORT:-14318}"
+SINK_PORT_P=$((SINK_PORT + 1))
 SERVER_CPU=1
 LOAD_CPU=0
 OUT="target/bench-overhead/$SINK_MODE"
@@ -55,8 +73,14 @@ for tool in wrk psql redis-cli curl taskset python3; do
 done
 
 scripts/local-services.sh
+BIN_DIR=target/bench-overhead/bin
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  mkdir -p "$BIN_DIR"
+  # The peer build first, so that target/release/sidechain is the default build afterwards.
+  cargo build --release --bin sidechain --features peer-pipeline
+  cp target/release/sidechain "$BIN_DIR/sidechain-peer"
   cargo build --release --bin sidechain --example otlp_sink
+  cp target/release/sidechain "$BIN_DIR/sidechain"
 fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -64,36 +88,41 @@ mkdir -p "$OUT"
 # shellcheck source=scripts/bench/lib.sh
 source scripts/bench/lib.sh
 
-# The sink: one line per export request received (its body size) in sink.log.
+# The sinks, one per traced server: one line per export request received (its body size) in
+# sink-B.log / sink-P.log, and the bodies themselves in bodies-B.bin / bodies-P.bin.
 taskset -c "$LOAD_CPU" target/release/examples/otlp_sink "127.0.0.1:$SINK_PORT" "$SINK_MODE" 5000 \
-  >"$OUT/sink.log" 2>"$OUT/sink.err" &
+  "$OUT/bodies-B.bin" >"$OUT/sink-B.log" 2>"$OUT/sink-B.err" &
+PIDS+=($!)
+taskset -c "$LOAD_CPU" target/release/examples/otlp_sink "127.0.0.1:$SINK_PORT_P" "$SINK_MODE" 5000 \
+  "$OUT/bodies-P.bin" >"$OUT/sink-P.log" 2>"$OUT/sink-P.err" &
 PIDS+=($!)
 
 # Feeds are cached under their own prefix, for an hour: after the first request the feed route is
 # a Redis hit.
-redis_prefix="sidechain-bench:"
+redis_prefix="${REDIS_PREFIX:-sidechain-bench:}"
 redis-cli -u "$REDIS_URL" --scan --pattern "${redis_prefix}*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
 
-start_server() { # name port otel_enabled
-  start_sidechain "$1" "$2" "$3" 1.0 "$redis_prefix" "$LOG_LEVEL" "$SERVER_CPU"
+start_server() { # name port otel_enabled binary sink_port
+  start_sidechain "$1" "$2" "$3" 1.0 "$redis_prefix" "$LOG_LEVEL" "$SERVER_CPU" "$4" "$5"
   eval "PID_$1=$SERVER_PID"
 }
 
 # A first: it creates and migrates the database; then seed it if it is not seeded yet.
-start_server A "$PORT_A" false
+start_server A "$PORT_A" false "$BIN_DIR/sidechain" "$SINK_PORT"
 users=$(psql -tAq "$DB_URL" -c "SELECT count(*) FROM users")
 posts=$(psql -tAq "$DB_URL" -c "SELECT count(*) FROM posts")
 if [ "${FORCE_SEED:-0}" = 1 ] || [ "$users" != 1000 ] || [ "$posts" != 20000 ]; then
   echo "overhead.sh: seeding sidechain_bench" >&2
   psql -q -v ON_ERROR_STOP=1 "$DB_URL" -f scripts/bench/seed.sql >/dev/null
 fi
-start_server B "$PORT_B" true
+start_server B "$PORT_B" true "$BIN_DIR/sidechain" "$SINK_PORT"
+start_server P "$PORT_P" true "$BIN_DIR/sidechain-peer" "$SINK_PORT_P"
 
 bench_routes
 ROUTE_ORDER=(health post feed)
 
 for route in "${ROUTE_ORDER[@]}"; do
-  for port in "$PORT_A" "$PORT_B"; do
+  for port in "$PORT_A" "$PORT_B" "$PORT_P"; do
     curl -fsS -o /dev/null "http://127.0.0.1:$port${ROUTES[$route]}" ||
       { echo "overhead.sh: $route on :$port does not answer 200" >&2; exit 1; }
   done
@@ -115,11 +144,9 @@ TICK_HZ=$(getconf CLK_TCK)
 # Other heavy work on the machine during a run (a build, a test suite) makes it noisy: say so.
 busy() { ps -eo comm= | grep -cxE 'rustc|cargo|cargo-nextest|cc1|ld' || true; }
 
-run_wrk() { # route server(A|B) rep conns duration [record]
-  local port=$PORT_A
-  [ "$2" = B ] && port=$PORT_B
-  local pid=$PID_A
-  [ "$2" = B ] && pid=$PID_B
+run_wrk() { # route server(A|B|P) rep conns duration [record]
+  local port_var="PORT_$2" pid_var="PID_$2"
+  local port=${!port_var} pid=${!pid_var}
   local file="$OUT/wrk-$1-$2-$3-c$4.txt"
   local ticks_before busy_before
   ticks_before=$(cpu_ticks "$pid")
@@ -143,86 +170,123 @@ run_wrk() { # route server(A|B) rep conns duration [record]
 
 echo "overhead.sh: warm-up" >&2
 for route in "${ROUTE_ORDER[@]}"; do
-  run_wrk "$route" A 0 "$CONNS" 3
-  run_wrk "$route" B 0 "$CONNS" 3
+  for server in A B P; do
+    run_wrk "$route" "$server" 0 "$CONNS" "$WARMUP"
+  done
 done
 
-RSS_START_A=$(rss_kb "$PID_A")
-RSS_START_B=$(rss_kb "$PID_B")
 echo "overhead.sh: measuring ($SINK_MODE sink, ${DURATION}s runs, $REPS repetitions)" >&2
 for rep in $(seq 1 "$REPS"); do
   for route in "${ROUTE_ORDER[@]}"; do
-    for server in A B; do
+    for server in A B P; do
       run_wrk "$route" "$server" "$rep" "$CONNS" "$DURATION" record
       run_wrk "$route" "$server" "$rep" 1 "$DURATION" record
     done
   done
 done
 
-{
-  echo "rss_start_kb	A	$RSS_START_A"
-  echo "rss_start_kb	B	$RSS_START_B"
-  echo "rss_end_kb	A	$(rss_kb "$PID_A")"
-  echo "rss_end_kb	B	$(rss_kb "$PID_B")"
-  echo "rss_peak_kb	A	$(hwm_kb "$PID_A")"
-  echo "rss_peak_kb	B	$(hwm_kb "$PID_B")"
-} >"$OUT/rss.tsv"
-curl -fsS "http://127.0.0.1:$PORT_B/metrics" | grep -E '^otel_exporter_(spans_total|queue_spans)' >"$OUT/metrics-B.txt" || true
+for server in A B P; do
+  pid_var="PID_$server"
+  echo "rss_end_kb	$server	$(rss_kb "${!pid_var}")"
+  echo "rss_peak_kb	$server	$(hwm_kb "${!pid_var}")"
+done >"$OUT/rss.tsv"
+for server in B P; do
+  port_var="PORT_$server"
+  curl -fsS "http://127.0.0.1:${!port_var}/metrics" >"$OUT/metrics-$server.txt" || true
+done
+
+# Stop the traced servers (each flushes its spans on SIGTERM), then count what the sinks got.
+for server in B P; do
+  pid_var="PID_$server"
+  kill -TERM "${!pid_var}" 2>/dev/null || true
+done
+for server in B P; do
+  pid_var="PID_$server"
+  for _ in $(seq 1 60); do kill -0 "${!pid_var}" 2>/dev/null || break; sleep 0.5; done
+done
+for server in B P; do
+  target/release/examples/otlp_sink count "$OUT/bodies-$server.bin" >"$OUT/received-$server.txt"
+done
+rm -f "$OUT/bodies-B.bin" "$OUT/bodies-P.bin"
 
 python3 - "$OUT" "$SINK_MODE" "$LOG_LEVEL" "$DURATION" "$REPS" "$CONNS" "$POST_ID" <<'PY' | tee "$OUT/summary.md"
-import csv, statistics, sys, pathlib
+import csv, re, statistics, sys
 out, sink, log_level, duration, reps, conns, post_id = sys.argv[1:]
 rows = list(csv.DictReader(open(f"{out}/results.tsv"), delimiter="\t"))
 rss = {(r[0], r[1]): int(r[2]) for r in (l.split("\t") for l in open(f"{out}/rss.tsv").read().split("\n") if l)}
 def med(route, server, c, key):
     return statistics.median(float(r[key]) for r in rows if r["route"] == route and r["server"] == server and r["conns"] == c)
-print(f"### Overhead, sink `{sink}`: A = untraced (OTEL_ENABLED=false), B = traced (rate 1.0)")
+print(f"### Overhead, sink `{sink}`: A = untraced (OTEL_ENABLED=false), B = ours, P = peer (BatchSpanProcessor + opentelemetry-otlp), rate 1.0")
 print()
-print(f"wrk -t1, {duration} s per run, {reps} repetitions alternated A/B, medians; "
+print(f"wrk -t1, {duration} s per run, {reps} repetitions alternated A/B/P, medians; "
       f"throughput at {conns} connections, latency at 1 connection; LOG_LEVEL={log_level}; "
-      f"servers on core 1, wrk and sink on core 0; post {post_id}")
+      f"servers on core 1, wrk and sinks on core 0; post {post_id}")
 print()
-print(f"| route | A req/s (c{conns}) | B req/s (c{conns}) | ratio B/A | A p50 / p99 ms (c1) | B p50 / p99 ms (c1) | added p50 / p99 ms (c1) | A p99 ms (c{conns}) | B p99 ms (c{conns}) | server CPU µs/req A → B (c{conns}) |")
-print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-names = {"health": "GET /health", "post": "GET /api/v1/posts/{id} (Postgres)", "feed": "GET /api/v1/feed/unified?type=global (Redis)"}
+print(f"| route | A req/s | B req/s | P req/s | **ratio B/A** | **ratio P/A** | server CPU µs/req A → B → P | **added CPU µs/req B** | **added CPU µs/req P** | added p50 / p99 ms (c1) B | added p50 / p99 ms (c1) P | p99 ms (c{conns}) A → B → P |")
+print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+names = {"health": "`GET /health`", "post": "`GET /api/v1/posts/{id}` (Postgres)", "feed": "`GET /api/v1/feed/unified?type=global` (Redis)"}
 for route in ("health", "post", "feed"):
-    a, b = med(route, "A", conns, "rps"), med(route, "B", conns, "rps")
-    a50, a99 = med(route, "A", "1", "p50_ms"), med(route, "A", "1", "p99_ms")
-    b50, b99 = med(route, "B", "1", "p50_ms"), med(route, "B", "1", "p99_ms")
-    print(f"| {names[route]} | {a:.0f} | {b:.0f} | {b/a:.3f} | {a50:.3f} / {a99:.3f} | {b50:.3f} / {b99:.3f} | "
-          f"{b50-a50:+.3f} / {b99-a99:+.3f} | {med(route, 'A', conns, 'p99_ms'):.3f} | {med(route, 'B', conns, 'p99_ms'):.3f} | "
-          f"{med(route, 'A', conns, 'cpu_us_per_req'):.1f} → {med(route, 'B', conns, 'cpu_us_per_req'):.1f} |")
+    rps = {s: med(route, s, conns, "rps") for s in "ABP"}
+    cpu = {s: med(route, s, conns, "cpu_us_per_req") for s in "ABP"}
+    p50 = {s: med(route, s, "1", "p50_ms") for s in "ABP"}
+    p99 = {s: med(route, s, "1", "p99_ms") for s in "ABP"}
+    p99c = {s: med(route, s, conns, "p99_ms") for s in "ABP"}
+    print(f"| {names[route]} | {rps['A']:.0f} | {rps['B']:.0f} | {rps['P']:.0f} | **{rps['B']/rps['A']:.3f}** | **{rps['P']/rps['A']:.3f}** | "
+          f"{cpu['A']:.1f} → {cpu['B']:.1f} → {cpu['P']:.1f} | **{cpu['B']-cpu['A']:+.1f}** | **{cpu['P']-cpu['A']:+.1f}** | "
+          f"{p50['B']-p50['A']:+.3f} / {p99['B']-p99['A']:+.3f} | {p50['P']-p50['A']:+.3f} / {p99['P']-p99['A']:+.3f} | "
+          f"{p99c['A']:.2f} → {p99c['B']:.2f} → {p99c['P']:.2f} |")
 print()
-print("Throughput ratio per repetition (B/A, c{}): ".format(conns) + "; ".join(
-    f"{route} " + ", ".join(
-        f"{float(b['rps'])/float(a['rps']):.3f}"
-        for a, b in zip([r for r in rows if r['route'] == route and r['server'] == 'A' and r['conns'] == conns],
-                        [r for r in rows if r['route'] == route and r['server'] == 'B' and r['conns'] == conns]))
-    for route in ("health", "post", "feed")))
+def per_rep(route, server):
+    a = [r for r in rows if r['route'] == route and r['server'] == 'A' and r['conns'] == conns]
+    x = [r for r in rows if r['route'] == route and r['server'] == server and r['conns'] == conns]
+    return ", ".join(f"{float(b['rps'])/float(a_['rps']):.3f}" for a_, b in zip(a, x))
+for server in "BP":
+    print(f"Throughput ratio {server}/A per repetition (c{conns}): " + "; ".join(f"{route} {per_rep(route, server)}" for route in ("health", "post", "feed")))
 print()
 mb = lambda kb: kb / 1024
-print(f"RSS (MiB): A {mb(rss[('rss_end_kb','A')]):.1f} (peak {mb(rss[('rss_peak_kb','A')]):.1f}), "
-      f"B {mb(rss[('rss_end_kb','B')]):.1f} (peak {mb(rss[('rss_peak_kb','B')]):.1f}); "
-      f"overhead {mb(rss[('rss_end_kb','B')] - rss[('rss_end_kb','A')]):+.1f} MiB at the end, "
-      f"{mb(rss[('rss_peak_kb','B')] - rss[('rss_peak_kb','A')]):+.1f} MiB at the peak")
+print("RSS (MiB) at the end (peak): " + ", ".join(f"{s} {mb(rss[('rss_end_kb', s)]):.1f} ({mb(rss[('rss_peak_kb', s)]):.1f})" for s in "ABP")
+      + "; over A at the end: " + ", ".join(f"{s} {mb(rss[('rss_end_kb', s)] - rss[('rss_end_kb', 'A')]):+.1f}" for s in "BP"))
 busy = sum(int(r["busy"] or 0) for r in rows)
 print(f"runs with another build or test process on the machine: {sum(1 for r in rows if int(r['busy'] or 0) > 0)} of {len(rows)}"
       + (" (figures from those runs are noisier)" if busy else ""))
 errors = [r for r in rows if r["errors"] != "0"]
 print(f"wrk errors: {'none' if not errors else '; '.join(r['route'] + ' ' + r['server'] + ': ' + r['errors'] for r in errors)}")
 print()
-metrics = open(f"{out}/metrics-B.txt").read()
-def counter(outcome):
+# Spans: each sink's local roots per route against the requests its server counted.
+routes = {"/health": "health", "/api/v1/posts/{id}": "post", "/api/v1/feed/unified": "feed"}
+label = re.compile(r'(\w+)="([^"]*)"')
+ok = True
+for server in "BP":
+    metrics = open(f"{out}/metrics-{server}.txt").read()
+    served = {}
     for line in metrics.splitlines():
-        if line.startswith(f'otel_exporter_spans_total{{outcome="{outcome}"}} '):
-            return line.split()[-1]
-    return "0"
-print("B's exporter at the end of the load (a counter absent from /metrics is zero): "
-      + ", ".join(f"{o} {counter(o)}" for o in ("exported", "dropped_queue_full", "dropped_rejected", "failed")))
+        if line.startswith("http_server_request_duration_seconds_count{"):
+            labels = dict(label.findall(line[line.index("{"):line.rindex("}")]))
+            if labels.get("method") == "GET" and labels.get("route") in routes:
+                name = f"GET {labels['route']}"
+                served[name] = served.get(name, 0) + int(float(line.split()[-1]))
+    received = open(f"{out}/received-{server}.txt").read().split("\n")
+    total = received[0]
+    roots = {}
+    for line in received[1:]:
+        if line.startswith("root "):
+            _, n, name = line.split(" ", 2)
+            roots[name] = int(n)
+    missing = {name: n - roots.get(name, 0) for name, n in served.items() if roots.get(name, 0) < n}
+    ok = ok and not missing
+    sizes = [int(l) for l in open(f"{out}/sink-{server}.log") if l.strip()]
+    print(f"{server}'s sink: {len(sizes)} export requests, {sum(sizes)} bytes; decoded: {total}; "
+          + "local roots received / requests served: "
+          + ", ".join(f"{routes[name[4:]]} {roots.get(name, 0)} / {n}" for name, n in sorted(served.items()))
+          + ("; **no span lost**" if not missing else f"; **MISSING roots: {missing}**"))
+    if server == "B":
+        def counter(outcome):
+            for line in metrics.splitlines():
+                if line.startswith(f'otel_exporter_spans_total{{outcome="{outcome}"}} '):
+                    return line.split()[-1]
+            return "0"
+        print("  B's exporter (/metrics; absent is zero): "
+              + ", ".join(f"{o} {counter(o)}" for o in ("exported", "dropped_queue_full", "dropped_rejected", "failed")))
 print()
-for line in metrics.splitlines():
-    print(f"    {line}")
-sizes = [int(l) for l in open(f"{out}/sink.log") if l.strip()]
-print()
-print(f"sink: {len(sizes)} export requests received, {sum(sizes)} bytes")
+print("spans check: " + ("neither pipeline lost a span" if ok else "SPANS WERE LOST (see above)"))
 PY

@@ -15,6 +15,8 @@ pub mod db;
 pub mod export;
 pub mod logging;
 pub mod metrics;
+#[cfg(feature = "peer-pipeline")]
+pub mod peer;
 pub mod propagation;
 pub mod root_span;
 
@@ -48,6 +50,10 @@ pub enum TelemetryError {
     Exporter(#[from] export::ExporterError),
     #[error("a tracing subscriber is already installed")]
     AlreadyInstalled,
+    /// The bench-only peer pipeline (`peer-pipeline`) could not start.
+    #[cfg(feature = "peer-pipeline")]
+    #[error("could not build the opentelemetry-otlp exporter: {0}")]
+    Peer(#[from] opentelemetry_otlp::ExporterBuildError),
 }
 
 /// Options that are not configuration: where logs go and how the exporter retries. Tests and
@@ -74,10 +80,18 @@ pub fn init(settings: &Settings, options: TelemetryOptions) -> Result<Telemetry,
 
     let provider = if otel.enabled {
         let resource = resource(otel);
-        let processor = export::start(otel, &resource, options.export)?;
-        if let Some(decider) = processor.root_decider() {
-            export::install_tail_sampling(decider);
-        }
+        // The bench-only build swaps in the SDK's own pipeline; everything else stays the same.
+        #[cfg(feature = "peer-pipeline")]
+        let processor = peer::processor(otel)?;
+        #[cfg(not(feature = "peer-pipeline"))]
+        let processor = {
+            let processor = export::start(otel, &resource, options.export)?;
+            // Tail sampling is ours: the peer build has none (it exports what head sampling keeps).
+            if let Some(decider) = processor.root_decider() {
+                export::install_tail_sampling(decider);
+            }
+            processor
+        };
         Some(
             SdkTracerProvider::builder()
                 .with_resource(resource)

@@ -305,7 +305,7 @@ impl SpanExportActor {
         for encoded in self.encoder.encode(batch, self.config.max_request_bytes) {
             self.pending.push_back(Body {
                 spans: encoded.spans,
-                bytes: self.transport.body(&encoded.bytes),
+                bytes: self.transport.body_of(encoded.bytes),
             });
         }
     }

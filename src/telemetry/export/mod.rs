@@ -12,6 +12,8 @@
 mod actor;
 pub mod otlp;
 mod processor;
+#[cfg(any(test, feature = "reference-encoder"))]
+pub mod reference;
 mod tail;
 pub mod transport;
 
@@ -55,6 +57,10 @@ pub struct ExportOptions {
     pub retry: RetryPolicy,
     /// Bound on one request's uncompressed size: the OTLP/HTTP limit of 20 MiB by default.
     pub max_request_bytes: usize,
+    /// Encode through the reference conversion (the official message tree) instead of the
+    /// direct encoder: the benchmark's "before".
+    #[cfg(feature = "reference-encoder")]
+    pub reference_encoder: bool,
 }
 
 impl Default for ExportOptions {
@@ -62,6 +68,8 @@ impl Default for ExportOptions {
         Self {
             retry: RetryPolicy::default(),
             max_request_bytes: 20 * 1024 * 1024,
+            #[cfg(feature = "reference-encoder")]
+            reference_encoder: false,
         }
     }
 }
@@ -82,6 +90,13 @@ pub fn start(
         count: settings.attribute_count_limit,
         value_length: settings.attribute_value_length_limit,
     };
+    #[cfg(feature = "reference-encoder")]
+    let encoder = if options.reference_encoder {
+        OtlpEncoder::reference(resource, limits)
+    } else {
+        OtlpEncoder::new(resource, limits)
+    };
+    #[cfg(not(feature = "reference-encoder"))]
     let encoder = OtlpEncoder::new(resource, limits);
     let transport = Transport::new(settings, options.retry)?;
     let gauge = Arc::new(QueueGauge::default());

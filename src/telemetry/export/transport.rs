@@ -205,6 +205,15 @@ impl Transport {
         url.to_string()
     }
 
+    /// The request body of an encoded batch, as [`Transport::body`] makes it, but shared as it
+    /// is when uncompressed instead of copied.
+    pub fn body_of(&self, encoded: Bytes) -> Bytes {
+        match self.compression {
+            Compression::None => encoded,
+            Compression::Gzip => self.body(&encoded),
+        }
+    }
+
     /// The request body for an encoded batch: gzipped unless compression is off. Fast
     /// compression: the exporter's CPU matters more than a few percent of bytes on the wire.
     pub fn body(&self, encoded: &[u8]) -> Bytes {
