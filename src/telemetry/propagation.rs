@@ -147,13 +147,15 @@ pub fn current_trace_id() -> Option<String> {
     current_span_context().map(|sc| sc.trace_id().to_string())
 }
 
-/// `00-{trace_id}-{span_id}-{flags}`: the W3C `traceresponse` header value of a span.
-pub fn traceresponse(sc: &SpanContext) -> String {
+/// `00-{trace_id}-{span_id}-{flags}`: the W3C `traceresponse` header value of a span, whose
+/// sampled flag says `sampled` (whether the trace is exported: the head decision, or the tail
+/// decision when tail sampling is on).
+pub fn traceresponse(sc: &SpanContext, sampled: bool) -> String {
     format!(
         "00-{}-{}-{:02x}",
         sc.trace_id(),
         sc.span_id(),
-        sc.trace_flags().to_u8()
+        sc.trace_flags().with_sampled(sampled).to_u8()
     )
 }
 
@@ -385,7 +387,9 @@ mod tests {
         assert_eq!(sc.trace_id().to_string(), TRACE);
         assert_eq!(sc.span_id().to_string(), PARENT);
         assert_eq!(sc.trace_state().header(), "vendor=a,other=b");
-        assert_eq!(traceresponse(&sc), traceparent("01"));
+        assert_eq!(traceresponse(&sc, true), traceparent("01"));
+        // A trace sampled out after the fact says so.
+        assert_eq!(traceresponse(&sc, false), traceparent("00"));
     }
 
     #[test]

@@ -154,9 +154,14 @@ impl RootSpanBuilder for SidechainRootSpan {
         let elapsed = start.at.elapsed();
         let user = extensions.get::<RequestUser>().map(|u| u.0);
         let span_context = propagation::span_context_of(&span);
+        // Taken once, where the response left the handler (see `traceresponse_header`); a
+        // response that did not pass there is decided now.
         let sampled = span_context
             .as_ref()
-            .map(|sc| trace_sampled(&span, sc, status.is_server_error(), elapsed));
+            .map(|sc| match extensions.get::<Verdict>() {
+                Some(verdict) => verdict.0,
+                None => trace_sampled(&span, sc, status.is_server_error(), elapsed),
+            });
         let route_label: Cow<'static, str> = match &start.route {
             Some(route) => Cow::Owned(route.clone()),
             None => Cow::Borrowed(UNMATCHED),
@@ -179,6 +184,10 @@ impl RootSpanBuilder for SidechainRootSpan {
         );
     }
 }
+
+/// The sampling decision of a request's trace, taken once.
+#[derive(Clone, Copy)]
+struct Verdict(bool);
 
 /// Whether the trace of this request is exported: the head decision, or with tail sampling the
 /// tail decision, taken here because this is when the local root ends (the handler and every
@@ -249,15 +258,38 @@ pub fn record_feed_type(request: &HttpRequest, feed_type: &'static str) {
 
 /// Middleware (inside `TracingLogger`) adding the W3C `traceresponse` header of the request's
 /// root span to every traced response.
+///
+/// This is where the trace's sampling decision is taken (the handler and every span it made have
+/// ended), so that the header's sampled flag says what becomes of the trace: with tail sampling,
+/// a trace sampled out answers `-00`, and no link handed out leads to a trace that is not there.
+/// `on_request_end` uses the same decision for the access line and the exemplar.
 pub async fn traceresponse_header(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let root = request.extensions().get::<RootSpan>().cloned();
     let mut response = next.call(request).await?;
-    if let Some(sc) = root.and_then(|root| propagation::span_context_of(&root))
-        && let Ok(value) = HeaderValue::from_str(&propagation::traceresponse(&sc))
-    {
+    let Some((root, sc)) = root.and_then(|root| {
+        let sc = propagation::span_context_of(&root)?;
+        Some((root, sc))
+    }) else {
+        return Ok(response);
+    };
+    let elapsed = response
+        .request()
+        .extensions()
+        .get::<RequestStart>()
+        .map(|start| start.at.elapsed());
+    let sampled = match elapsed {
+        Some(elapsed) => {
+            let failed = response.status().is_server_error();
+            let sampled = trace_sampled(&root, &sc, failed, elapsed);
+            response.request().extensions_mut().insert(Verdict(sampled));
+            sampled
+        }
+        None => sc.is_sampled(),
+    };
+    if let Ok(value) = HeaderValue::from_str(&propagation::traceresponse(&sc, sampled)) {
         response
             .headers_mut()
             .insert(HeaderName::from_static("traceresponse"), value);

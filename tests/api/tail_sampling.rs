@@ -121,6 +121,8 @@ async fn failed_and_slow_traces_arrive_whole_and_everything_named_agrees() {
     // The workload: many fast successful requests, a recommender failure in every 20th, a slow
     // request in every 25th (each with its own limit, so that no cached page makes it fast).
     let mut kinds: HashMap<String, Kind> = HashMap::new();
+    // The sampled flag of each response's traceresponse header, by trace id.
+    let mut flags: HashMap<String, String> = HashMap::new();
     for i in 1..=240 {
         let (response, kind) = if i % 20 == 0 {
             let r = app
@@ -139,7 +141,9 @@ async fn failed_and_slow_traces_arrive_whole_and_everything_named_agrees() {
             (app.get(&post_path).await, Kind::Plain)
         };
         assert_eq!(response.status(), StatusCode::OK);
-        kinds.insert(traceresponse(&response).0, kind);
+        let (trace_id, _, flag) = traceresponse(&response);
+        flags.insert(trace_id.clone(), flag);
+        kinds.insert(trace_id, kind);
     }
     // Real 5xx: Postgres refuses connections for a while.
     admin_sql(&format!(
@@ -239,6 +243,10 @@ async fn failed_and_slow_traces_arrive_whole_and_everything_named_agrees() {
             expected.is_some(),
             "trace_sampled says what arrives: {line}"
         );
+        if let Some(flag) = flags.get(trace_id) {
+            let want = if sampled { "01" } else { "00" };
+            assert_eq!(flag, want, "traceresponse says what arrives: {line}");
+        }
         let Some(reason) = expected else {
             assert!(trace.is_empty(), "a dropped trace sends nothing: {trace:?}");
             continue;
