@@ -30,6 +30,9 @@ pub struct Settings {
     pub token_ttl: Duration,
     /// `SHUTDOWN_TIMEOUT_S`: how long in-flight requests may take to finish on SIGTERM.
     pub shutdown_timeout: Duration,
+    /// `LOGIN_MAX_FAILURES`: failed logins per account, and per client address, within 15
+    /// minutes before login answers 429.
+    pub login_max_failures: u32,
     /// `TRACECONTEXT_TEST_ENDPOINT`: mounts `POST /test` for the W3C trace-context test suite.
     pub tracecontext_test_endpoint: bool,
     pub telemetry: TelemetrySettings,
@@ -292,6 +295,7 @@ impl Settings {
             feed_cache_ttl: env.seconds("FEED_CACHE_TTL_S", 30, 1, 86_400)?,
             token_ttl: Duration::from_secs(env.bounded("TOKEN_TTL_DAYS", 30u64, 1, 3650)? * 86_400),
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_S", 30, 0, 3600)?,
+            login_max_failures: env.bounded("LOGIN_MAX_FAILURES", 10u32, 1, 1_000_000)?,
             tracecontext_test_endpoint: env.bool("TRACECONTEXT_TEST_ENDPOINT", false)?,
             telemetry: TelemetrySettings::from_source(env)?,
         })
@@ -358,6 +362,7 @@ mod tests {
         assert_eq!(s.redis.url, "redis://127.0.0.1:6379");
         assert!(s.recommender.is_none());
         assert_eq!(s.log_level, LogLevel::Info);
+        assert_eq!(s.login_max_failures, 10);
     }
 
     #[test]

@@ -12,13 +12,17 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use actix_web::http::StatusCode;
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::telemetry::logging;
 use crate::telemetry::propagation;
+
+/// `Retry-After` of a 503: outages of Postgres or Redis that a retry can outlast are short
+/// (a pool timeout, a restart).
+pub const UNAVAILABLE_RETRY_AFTER_S: u64 = 5;
 
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
@@ -47,6 +51,8 @@ pub enum AppError {
     PayloadTooLarge,
     /// 415.
     UnsupportedMediaType,
+    /// 429: too many failed logins; `Retry-After` says when to try again.
+    TooManyRequests { retry_after_s: u64 },
     /// 503: a dependency the request needs is down.
     Unavailable {
         dependency: &'static str,
@@ -99,6 +105,7 @@ impl AppError {
             Self::Conflict { code, .. } => code,
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::TooManyRequests { .. } => "too_many_requests",
             Self::Unavailable { .. } => "service_unavailable",
             Self::Internal { .. } => "internal_error",
         }
@@ -125,6 +132,9 @@ impl fmt::Display for AppError {
             Self::Conflict { message, .. } => f.write_str(message),
             Self::PayloadTooLarge => f.write_str("the request body is too large"),
             Self::UnsupportedMediaType => f.write_str("unsupported content type"),
+            Self::TooManyRequests { .. } => {
+                f.write_str("too many failed logins; try again after Retry-After seconds")
+            }
             Self::Unavailable { dependency, .. } => {
                 write!(f, "a backing service ({dependency}) is unavailable")
             }
@@ -170,6 +180,7 @@ impl ResponseError for AppError {
             Self::Conflict { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -191,7 +202,18 @@ impl ResponseError for AppError {
                 trace_id: propagation::current_trace_id(),
             },
         };
-        HttpResponse::build(self.status_code()).json(body)
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            Self::TooManyRequests { retry_after_s } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_s.max(&1).to_string()));
+            }
+            Self::Unavailable { .. } => {
+                response
+                    .insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER_S.to_string()));
+            }
+            _ => {}
+        }
+        response.json(body)
     }
 }
 

@@ -165,6 +165,66 @@ impl Cache {
         result
     }
 
+    /// A counter in a fixed window: `SET key 0 EX window NX` then `INCR`, in one round trip, so
+    /// the window starts at the first increment and later ones do not extend it.
+    pub async fn incr_in_window(
+        &self,
+        key: &CacheKey,
+        window: Duration,
+    ) -> Result<i64, CacheError> {
+        let span = cache_span("INCR", key);
+        let result = self
+            .command(&span, |mut conn| {
+                let k = key.full.clone();
+                async move {
+                    let (value,): (i64,) = redis::pipe()
+                        .cmd("SET")
+                        .arg(&k)
+                        .arg(0)
+                        .arg("EX")
+                        .arg(window.as_secs().max(1))
+                        .arg("NX")
+                        .ignore()
+                        .incr(&k, 1)
+                        .query_async(&mut conn)
+                        .await?;
+                    Ok(value)
+                }
+            })
+            .await;
+        if result.is_err() {
+            metrics::cache_request("INCR", CacheResult::Error);
+        }
+        result
+    }
+
+    /// An integer value and its remaining lifetime in seconds (`GET` and `TTL` in one round
+    /// trip); `None` when the key does not exist.
+    pub async fn get_count_ttl(&self, key: &CacheKey) -> Result<Option<(i64, u64)>, CacheError> {
+        let span = cache_span("GET", key);
+        let result = self
+            .command(&span, |mut conn| {
+                let k = key.full.clone();
+                async move {
+                    let (value, ttl): (Option<i64>, i64) =
+                        redis::pipe().get(&k).ttl(&k).query_async(&mut conn).await?;
+                    // TTL is -1 without an expiry and -2 once gone: at least a second remains.
+                    Ok(value.map(|v| (v, u64::try_from(ttl).unwrap_or(1).max(1))))
+                }
+            })
+            .await;
+        let outcome = match &result {
+            Ok(Some(_)) => CacheResult::Hit,
+            Ok(None) => CacheResult::Miss,
+            Err(_) => CacheResult::Error,
+        };
+        if let Ok(value) = &result {
+            span.record("cache.hit", value.is_some());
+        }
+        metrics::cache_request("GET", outcome);
+        result
+    }
+
     /// `PING`, for readiness.
     pub async fn ping(&self) -> Result<(), CacheError> {
         let span = tracing::info_span!(

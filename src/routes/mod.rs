@@ -9,6 +9,7 @@ pub mod health;
 pub mod json;
 pub mod posts;
 pub mod search;
+pub mod throttle;
 pub mod tracecontext;
 pub mod users;
 
@@ -35,6 +36,7 @@ pub struct AppState {
     pub recommender: Option<RecommenderClient>,
     pub http: TracedClient,
     pub token_ttl: Duration,
+    pub login_throttle: throttle::LoginThrottle,
 }
 
 pub type State = web::Data<AppState>;
