@@ -303,6 +303,235 @@ fn common_responses(doc: &mut Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{
+        CommentBody, Cursor, Limit, Password, PostDraft, SearchQuery, Tags, Username,
+    };
+
+    /// A JSON Schema validator of `schema`'s string keywords.
+    fn string_validator(schema: &Value) -> impl Fn(&str) -> bool {
+        let min = schema["minLength"].as_u64();
+        let max = schema["maxLength"].as_u64();
+        let pattern = schema["pattern"]
+            .as_str()
+            .map(|p| regex::Regex::new(p).unwrap_or_else(|e| panic!("{p}: {e}")));
+        move |s: &str| {
+            let chars = s.chars().count() as u64;
+            min.is_none_or(|min| chars >= min)
+                && max.is_none_or(|max| chars <= max)
+                && pattern.as_ref().is_none_or(|p| p.is_match(s))
+        }
+    }
+
+    fn schema_accepts(schema: &Value, s: &str) -> bool {
+        string_validator(schema)(s)
+    }
+
+    /// Every string of up to three characters over an alphabet of the characters the rules
+    /// treat differently (letters, every kind of whitespace, controls, what trimming keeps),
+    /// and strings at the length bounds of `max`.
+    fn samples(max: usize) -> Vec<String> {
+        let alphabet = [
+            'a', 'Z', '9', '_', '.', '-', '@', 'é', ' ', '\t', '\n', '\r', '\u{0B}', '\u{0C}',
+            '\u{85}', '\u{A0}', '\u{2003}', '\u{3000}', '\u{FEFF}', '\0', '\u{01}', '\u{1C}',
+            '\u{7F}', '\u{9F}',
+        ];
+        let mut out = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..3 {
+            frontier = frontier
+                .iter()
+                .flat_map(|s| alphabet.iter().map(move |c| format!("{s}{c}")))
+                .collect();
+            out.extend(frontier.iter().cloned());
+        }
+        for n in [max.saturating_sub(1), max, max + 1] {
+            let body = "é".repeat(n);
+            out.push(body.clone());
+            out.push(format!(" {body}"));
+            out.push(format!("{body}\n"));
+            out.push(format!("a{}", " ".repeat(n.saturating_sub(1))));
+        }
+        out
+    }
+
+    fn assert_same(what: &str, schema: &Value, max: usize, parses: impl Fn(&str) -> bool) {
+        assert!(schema.is_object(), "{what}: no schema");
+        let accepts = string_validator(schema);
+        for s in samples(max) {
+            assert_eq!(
+                accepts(&s),
+                parses(&s),
+                "{what}: the document and the validation disagree on {s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_documents_text_constraints_are_the_validations() {
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let post = &schemas["CreatePostRequest"]["properties"];
+        let field =
+            |title: &str, d: Option<&str>, k: Option<&str>, w: Option<&str>, g: Option<&str>| {
+                PostDraft::parse(title, d, None, k, w, g, None).is_ok()
+            };
+        assert_same("title", &post["title"], 200, |s| {
+            field(s, None, None, None, None)
+        });
+        assert_same("description", &post["description"], 5000, |s| {
+            field("x", Some(s), None, None, None)
+        });
+        assert_same("musical_key", &post["musical_key"], 32, |s| {
+            field("x", None, Some(s), None, None)
+        });
+        assert_same("daw", &post["daw"], 64, |s| {
+            field("x", None, None, Some(s), None)
+        });
+        assert_same("genre", &post["genre"], 64, |s| {
+            field("x", None, None, None, Some(s))
+        });
+        assert_same("a tag", &post["tags"]["items"], 32, |s| {
+            Tags::parse(&[s.to_owned()]).is_ok()
+        });
+        let body = &schemas["CreateCommentRequest"]["properties"]["body"];
+        assert_same("comment body", body, 2000, |s| {
+            CommentBody::parse(s).is_ok()
+        });
+
+        let register = &schemas["RegisterRequest"]["properties"];
+        assert_same("username", &register["username"], 30, |s| {
+            Username::parse(s).is_ok()
+        });
+        assert_same("password", &register["password"], 128, |s| {
+            Password::parse(s).is_ok()
+        });
+
+        let search = &doc["paths"]["/api/v1/search"]["get"]["parameters"];
+        let q = search
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "q")
+            .unwrap();
+        assert_eq!(q["required"], true);
+        assert_same("q", &q["schema"], 100, |s| {
+            SearchQuery::parse(Some(s)).is_ok()
+        });
+        let user = &doc["paths"]["/api/v1/users/{username}"]["get"]["parameters"][0];
+        assert_same("username in a path", &user["schema"], 30, |s| {
+            Username::parse(s).is_ok()
+        });
+    }
+
+    #[test]
+    fn the_documents_numbers_lists_and_enums_are_the_validations() {
+        let doc = document();
+        let post = &doc["components"]["schemas"]["CreatePostRequest"]["properties"];
+        for bpm in -2..=1002 {
+            let in_schema = (post["bpm"]["minimum"].as_i64().unwrap()
+                ..=post["bpm"]["maximum"].as_i64().unwrap())
+                .contains(&bpm);
+            let parses = PostDraft::parse("x", None, Some(bpm), None, None, None, None).is_ok();
+            assert_eq!(in_schema, parses, "bpm {bpm}");
+        }
+        let max_tags = post["tags"]["maxItems"].as_u64().unwrap() as usize;
+        for n in 0..=max_tags + 2 {
+            let tags: Vec<String> = (0..n).map(|i| format!("t{i}")).collect();
+            assert_eq!(n <= max_tags, Tags::parse(&tags).is_ok(), "{n} tags");
+        }
+
+        for (path, op) in [
+            ("/api/v1/feed/unified", "get"),
+            ("/api/v1/search", "get"),
+            ("/api/v1/posts/{id}/comments", "get"),
+            ("/api/v1/users/{username}/posts", "get"),
+        ] {
+            let params = doc["paths"][path][op]["parameters"].as_array().unwrap();
+            let limit = &params.iter().find(|p| p["name"] == "limit").unwrap()["schema"];
+            assert_eq!(limit["type"], "integer", "{path}");
+            assert_eq!(limit["default"], u64::from(Limit::DEFAULT.get()), "{path}");
+            for n in -2..=102i64 {
+                let in_schema = (limit["minimum"].as_i64().unwrap()
+                    ..=limit["maximum"].as_i64().unwrap())
+                    .contains(&n);
+                assert_eq!(
+                    in_schema,
+                    Limit::parse(Some(&n.to_string())).is_ok(),
+                    "{path} {n}"
+                );
+            }
+            // Not integers, whatever `str::parse` thinks.
+            for s in ["", "+5", " 5", "5 ", "1.5", "1e1", "abc"] {
+                assert!(Limit::parse(Some(s)).is_err(), "{s:?}");
+            }
+        }
+
+        let feed = doc["paths"]["/api/v1/feed/unified"]["get"]["parameters"]
+            .as_array()
+            .unwrap();
+        let kinds = &feed.iter().find(|p| p["name"] == "type").unwrap()["schema"]["enum"];
+        let kinds: Vec<&str> = kinds
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        for kind in &kinds {
+            assert!(kind.parse::<FeedKind>().is_ok(), "{kind}");
+        }
+        for other in ["", "Global", "home", "timeline "] {
+            assert!(!kinds.contains(&other) && other.parse::<FeedKind>().is_err());
+        }
+    }
+
+    #[test]
+    fn the_documents_cursors_are_the_ones_that_decode() {
+        let doc = document();
+        let cursor_schema = |path: &str| {
+            doc["paths"][path]["get"]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == "cursor")
+                .unwrap()["schema"]
+                .clone()
+        };
+        let any = cursor_schema("/api/v1/feed/unified");
+        let time = cursor_schema("/api/v1/posts/{id}/comments");
+        assert_eq!(time, cursor_schema("/api/v1/users/{username}/posts"));
+
+        let at = chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let early = chrono::DateTime::from_timestamp_micros(-86_400_000_000).unwrap();
+        let id = uuid::Uuid::new_v4();
+        let real = [
+            Cursor::Time { at, id },
+            Cursor::Time { at: early, id },
+            Cursor::Likes { likes: 0, at, id },
+            Cursor::Likes {
+                likes: 123_456,
+                at: early,
+                id,
+            },
+            Cursor::Offset(0),
+            Cursor::Offset(u32::MAX / 10),
+        ];
+        let mut candidates: Vec<String> = real.iter().map(Cursor::encode).collect();
+        for c in real.iter().map(Cursor::encode) {
+            candidates.push(c.to_uppercase());
+            candidates.push(format!("{c}0"));
+            candidates.push(format!(" {c}"));
+            candidates.push(c.replacen('.', ".+", 1));
+            candidates.push(c.replacen('.', ".-", 1));
+            candidates.push(c[..c.len() - 1].to_owned());
+        }
+        candidates.extend(["", "t", "o.", "o.1234567890", "x.1", "t.1.2"].map(String::from));
+        for c in &candidates {
+            let decoded = Cursor::decode(c);
+            assert_eq!(schema_accepts(&any, c), decoded.is_ok(), "{c:?}");
+            let is_time = matches!(decoded, Ok(Cursor::Time { .. }));
+            assert_eq!(schema_accepts(&time, c), is_time, "{c:?}");
+        }
+    }
 
     #[test]
     fn every_operation_documents_its_headers_and_error_answers() {
