@@ -6,6 +6,7 @@
 //! | --- | --- | --- |
 //! | `feed:version` | integer, `INCR`ed by every write that changes what a feed shows; expires a day after the last write | posts, likes, comments, follows |
 //! | `feed:v{version}:{type}:{user or -}:{limit}:{cursor or -}` | a feed page, JSON; `SETEX` `FEED_CACHE_TTL_S` | the feed route |
+//! | `login:acct:{user id or hash of the login}`, `login:addr:{client IP}` | failed logins, expiring 15 minutes after the first (`routes::throttle`) | login |
 //!
 //! Invalidation is by versioning: a write bumps `feed:version`, so the next read builds a key
 //! nobody has written yet and misses; stale pages are never read again and expire by TTL. A new
