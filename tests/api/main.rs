@@ -7,6 +7,7 @@ mod helpers;
 mod auth;
 mod bad_input;
 mod comments;
+mod conformance;
 mod export_faults;
 mod exporter;
 mod feed;
