@@ -12,6 +12,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VERSION=4.32.5
+# Every package of the virtualenv pinned (pip freeze of a working install), so that a run
+# today and one next month generate the same requests from the same seed.
+REQUIREMENTS=scripts/schemathesis-requirements.txt
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
 VENV="$TARGET/schemathesis-venv"
 ST="$VENV/bin/st"
@@ -20,6 +23,7 @@ ST="$VENV/bin/st"
 # recursion depth mismatch" in one of the threads.
 MAX_EXAMPLES=${ST_MAX_EXAMPLES:-60}
 MAX_TIME=${ST_MAX_TIME:-170}
+SEED=${ST_SEED:-1}
 
 installed() { [ -x "$ST" ] && "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('schemathesis') != '$VERSION')" 2>/dev/null; }
 
@@ -29,7 +33,7 @@ case "${1:-}" in
     echo "schemathesis: installing $VERSION into $VENV" >&2
     rm -rf "$VENV"
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$VERSION"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
     ;;
   run)
     url=${2:?usage: $0 run URL TOKEN}
@@ -45,7 +49,7 @@ case "${1:-}" in
       --max-examples "$MAX_EXAMPLES" \
       --max-time "$MAX_TIME" \
       --max-failures 50 \
-      --seed 1 \
+      --seed "$SEED" \
       --no-color \
       --workers 1
     ;;
