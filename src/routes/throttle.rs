@@ -16,6 +16,10 @@
 //! email address; unknown names are throttled like known ones and so tell nothing apart);
 //! `login:addr:{client IP}`.
 //!
+//! The check and the count are separate round trips, not one atomic step: attempts in flight
+//! together can all pass the check, so a burst may exceed the limit by the number of concurrent
+//! requests (each still costs an Argon2 verification, which bounds the rate per worker).
+//!
 //! Redis is an optimisation elsewhere but a safety net here; still, a Redis outage must not
 //! lock every user out, so the throttle fails open: logins work unthrottled, and one warning
 //! says so per outage.
