@@ -1,19 +1,21 @@
 # Sidechain backend: developer entry points.
 #
-#   make run    Postgres and Redis on localhost (started if installed but stopped), then the
-#               backend in release mode on :8787
-#   make test   the same services, then the whole test suite
+#   make run    what is missing installed (scripts/install-deps.sh), Postgres and Redis on
+#               localhost (started if stopped), then the backend in release mode on :8787
+#   make test   the same, plus the test tools, then the whole test suite
 
 .DEFAULT_GOAL := run
 
 .PHONY: run test lint bench-exporter bench-overhead
 
 run:
+	scripts/install-deps.sh run
 	@if [ -z "$${DATABASE_URL:-}" ] && [ -z "$${REDIS_URL:-}" ]; then scripts/local-services.sh; fi
 	cargo run --release --bin sidechain
 
 # Each test runs in its own process (nextest), so each installs its own telemetry pipeline.
 test:
+	scripts/install-deps.sh test
 	scripts/local-services.sh
 	cargo nextest run --no-fail-fast
 	cargo bench --no-run

@@ -31,6 +31,9 @@ pub struct Settings {
     pub token_ttl: Duration,
     /// `SHUTDOWN_TIMEOUT_S`: how long in-flight requests may take to finish on SIGTERM.
     pub shutdown_timeout: Duration,
+    /// `LOGIN_MAX_FAILURES`: failed logins per account, and per client address, within 15
+    /// minutes before login answers 429.
+    pub login_max_failures: u32,
     /// `TRACECONTEXT_TEST_ENDPOINT`: mounts `POST /test` for the W3C trace-context test suite.
     pub tracecontext_test_endpoint: bool,
     pub audio: AudioSettings,
@@ -311,6 +314,7 @@ impl Settings {
             feed_cache_ttl: env.seconds("FEED_CACHE_TTL_S", 30, 0, 86_400)?,
             token_ttl: Duration::from_secs(env.bounded("TOKEN_TTL_DAYS", 30u64, 1, 3650)? * 86_400),
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_S", 30, 0, 3600)?,
+            login_max_failures: env.bounded("LOGIN_MAX_FAILURES", 10u32, 1, 1_000_000)?,
             tracecontext_test_endpoint: env.bool("TRACECONTEXT_TEST_ENDPOINT", false)?,
             audio: AudioSettings {
                 storage_dir: PathBuf::from(env.string("AUDIO_STORAGE_DIR", "./data/audio")),
@@ -391,6 +395,7 @@ mod tests {
         assert_eq!(s.audio.job_lease, Duration::from_secs(60));
         assert_eq!(s.audio.max_attempts, 3);
         assert_eq!(s.audio.stage_timeout, Duration::from_secs(120));
+        assert_eq!(s.login_max_failures, 10);
     }
 
     #[test]

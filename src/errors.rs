@@ -12,13 +12,17 @@
 use std::error::Error as StdError;
 use std::fmt;
 
-use actix_web::http::StatusCode;
+use actix_web::http::{StatusCode, header};
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::telemetry::logging;
 use crate::telemetry::propagation;
+
+/// `Retry-After` of a 503: outages of Postgres or Redis that a retry can outlast are short
+/// (a pool timeout, a restart).
+pub const UNAVAILABLE_RETRY_AFTER_S: u64 = 5;
 
 type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
@@ -49,6 +53,8 @@ pub enum AppError {
     UnsupportedMediaType,
     /// 416: the `Range` asked for lies outside a resource of `size` bytes.
     RangeNotSatisfiable { size: u64 },
+    /// 429: too many failed logins; `Retry-After` says when to try again.
+    TooManyRequests { retry_after_s: u64 },
     /// 503: a dependency the request needs is down.
     Unavailable {
         dependency: &'static str,
@@ -102,6 +108,7 @@ impl AppError {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RangeNotSatisfiable { .. } => "range_not_satisfiable",
+            Self::TooManyRequests { .. } => "too_many_requests",
             Self::Unavailable { .. } => "service_unavailable",
             Self::Internal { .. } => "internal_error",
         }
@@ -130,6 +137,9 @@ impl fmt::Display for AppError {
             Self::UnsupportedMediaType => f.write_str("unsupported content type"),
             Self::RangeNotSatisfiable { size } => {
                 write!(f, "the range lies outside the {size} bytes of the resource")
+            }
+            Self::TooManyRequests { .. } => {
+                f.write_str("too many failed logins; try again after Retry-After seconds")
             }
             Self::Unavailable { dependency, .. } => {
                 write!(f, "a backing service ({dependency}) is unavailable")
@@ -177,6 +187,7 @@ impl ResponseError for AppError {
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -199,12 +210,19 @@ impl ResponseError for AppError {
             },
         };
         let mut response = HttpResponse::build(self.status_code());
-        if let Self::RangeNotSatisfiable { size } = self {
-            // RFC 9110 §15.5.17: the current length, so the client can ask again.
-            response.insert_header((
-                actix_web::http::header::CONTENT_RANGE,
-                format!("bytes */{size}"),
-            ));
+        match self {
+            Self::TooManyRequests { retry_after_s } => {
+                response.insert_header((header::RETRY_AFTER, retry_after_s.max(&1).to_string()));
+            }
+            Self::Unavailable { .. } => {
+                response
+                    .insert_header((header::RETRY_AFTER, UNAVAILABLE_RETRY_AFTER_S.to_string()));
+            }
+            Self::RangeNotSatisfiable { size } => {
+                // RFC 9110 §15.5.17: the current length, so the client can ask again.
+                response.insert_header((header::CONTENT_RANGE, format!("bytes */{size}")));
+            }
+            _ => {}
         }
         response.json(body)
     }

@@ -5,9 +5,11 @@
 use std::net::TcpListener;
 use std::time::Duration;
 
-use actix_web::dev::Server;
-use actix_web::middleware::from_fn;
-use actix_web::{App, HttpResponse, HttpServer, web};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Server, ServiceRequest, ServiceResponse};
+use actix_web::http::{StatusCode, header};
+use actix_web::middleware::{Next, from_fn};
+use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::audio::ffmpeg::Toolchain;
@@ -19,6 +21,7 @@ use crate::clients::recommender::RecommenderClient;
 use crate::config::Settings;
 use crate::db::{Db, DbStartupError};
 use crate::errors::AppError;
+use crate::routes::throttle::LoginThrottle;
 use crate::routes::{self, AppState};
 use crate::telemetry::logging;
 use crate::telemetry::root_span::{SidechainRootSpan, traceresponse_header};
@@ -83,6 +86,7 @@ impl Application {
         let state = AppState {
             db,
             feeds,
+            login_throttle: LoginThrottle::new(cache.clone(), settings.login_max_failures),
             cache,
             recommender,
             http,
@@ -99,8 +103,10 @@ impl Application {
                 .app_data(state.clone())
                 .app_data(json_config())
                 .app_data(query_config())
+                .app_data(path_config())
                 .app_data(web::PayloadConfig::new(BODY_LIMIT))
-                // Inner first: `traceresponse` is added inside the root span.
+                // Inner first: `traceresponse` is added inside the root span, to the JSON 405 too.
+                .wrap(from_fn(json_method_not_allowed))
                 .wrap(from_fn(traceresponse_header))
                 .wrap(TracingLogger::<SidechainRootSpan>::new())
                 .configure(|cfg| route_table(cfg, test_endpoint))
@@ -135,7 +141,8 @@ impl Application {
     }
 }
 
-/// Every route of CONTRACT.md §2. Each resource answers other methods with a JSON 405.
+/// Every route of CONTRACT.md §2. Each resource answers other methods with a JSON 405 whose
+/// `Allow` names the methods its routes serve; paths that match no resource are a JSON 404.
 fn route_table(cfg: &mut web::ServiceConfig, tracecontext_test_endpoint: bool) {
     use routes::{audio, auth, comments, docs, feed, health, posts, search, users};
 
@@ -147,6 +154,7 @@ fn route_table(cfg: &mut web::ServiceConfig, tracecontext_test_endpoint: bool) {
             web::scope("/api/v1")
                 .service(resource("/auth/register").route(web::post().to(auth::register)))
                 .service(resource("/auth/login").route(web::post().to(auth::login)))
+                .service(resource("/auth/logout").route(web::post().to(auth::logout)))
                 .service(resource("/users/{username}").route(web::get().to(users::profile)))
                 .service(resource("/users/{username}/posts").route(web::get().to(users::posts_of)))
                 .service(
@@ -184,16 +192,35 @@ fn route_table(cfg: &mut web::ServiceConfig, tracecontext_test_endpoint: bool) {
     }
 }
 
+/// A resource whose unserved methods get actix-web's own 405, which carries `Allow` built from
+/// the method guards of its routes (so `Allow` cannot disagree with the routes);
+/// [`json_method_not_allowed`] gives it the JSON error body.
 fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+    web::resource(path)
+}
+
+/// Turns actix-web's empty 405 (see [`resource`]) into the JSON error of every other failure,
+/// keeping its `Allow` header.
+async fn json_method_not_allowed(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody + 'static>>, actix_web::Error> {
+    let response = next.call(req).await?;
+    if response.status() != StatusCode::METHOD_NOT_ALLOWED || response.response().error().is_some()
+    {
+        return Ok(response.map_into_left_body());
+    }
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let (req, _) = response.into_parts();
+    let mut json = AppError::MethodNotAllowed.error_response();
+    if let Some(allow) = allow {
+        json.headers_mut().insert(header::ALLOW, allow);
+    }
+    Ok(ServiceResponse::new(req, json).map_into_right_body())
 }
 
 async fn not_found() -> Result<HttpResponse, AppError> {
     Err(AppError::NotFound("route"))
-}
-
-async fn method_not_allowed() -> Result<HttpResponse, AppError> {
-    Err(AppError::MethodNotAllowed)
 }
 
 fn json_config() -> web::JsonConfig {
@@ -201,6 +228,11 @@ fn json_config() -> web::JsonConfig {
         .limit(BODY_LIMIT)
         // Bodies must say they are JSON (`application/json` or `+json`); others are a 415.
         .error_handler(|err, _req| AppError::from(err).into())
+}
+
+/// A path segment that does not decode (bad percent-encoding, not UTF-8) names nothing: 404.
+fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|_, _| AppError::NotFound("resource").into())
 }
 
 fn query_config() -> web::QueryConfig {

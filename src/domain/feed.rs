@@ -1,7 +1,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::ValidationError;
+use super::{Cursor, ValidationError};
 
 /// Which feed `GET /api/v1/feed/unified` serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +25,26 @@ impl FeedKind {
             Self::Recommended => "recommended",
         }
     }
+
+    /// Whether `cursor` is one this feed's ordering writes. One `cursor` parameter serves all
+    /// four feeds, so a cursor of another ordering (a client that switched `type` mid-way)
+    /// starts this feed from its first page instead of failing, as `recommended` falling back
+    /// to `trending` always has.
+    pub fn accepts(self, cursor: &Cursor) -> bool {
+        match self {
+            Self::Timeline | Self::Global => matches!(cursor, Cursor::Time { .. }),
+            Self::Trending => matches!(cursor, Cursor::Likes { .. }),
+            Self::Recommended => matches!(cursor, Cursor::Offset(_) | Cursor::Likes { .. }),
+        }
+    }
+
+    /// The `type` values, in the order the document lists them.
+    pub const ALL: [FeedKind; 4] = [
+        Self::Timeline,
+        Self::Global,
+        Self::Trending,
+        Self::Recommended,
+    ];
 
     /// Whether the feed is per user and so needs a token.
     pub fn needs_user(self) -> bool {

@@ -5,6 +5,7 @@ pub mod credentials;
 mod feed;
 mod pagination;
 mod post;
+pub mod rules;
 mod search;
 mod user;
 
@@ -49,20 +50,16 @@ impl From<ValidationError> for AppError {
     }
 }
 
-/// Checks a free-text field: length in characters within `min..=max` after trimming, and no
-/// NUL or other control characters except newlines and tabs (Postgres rejects NUL in text,
-/// which would otherwise surface as a 500).
+/// Checks a free-text field against its rule (see [`rules::TextRule`]) and returns it trimmed.
 pub(crate) fn text_field(
     value: &str,
     field: &'static str,
     code: &'static str,
-    min: usize,
-    max: usize,
-    multiline: bool,
+    rule: rules::TextRule,
 ) -> Result<String, ValidationError> {
     let trimmed = value.trim();
-    let chars = trimmed.chars().count();
-    if chars < min || chars > max {
+    let (min, max) = (rule.min_chars, rule.max_chars);
+    if trimmed.chars().count() < min || value.chars().count() > max {
         return Err(ValidationError::new(
             code,
             if min > 0 {
@@ -72,8 +69,7 @@ pub(crate) fn text_field(
             },
         ));
     }
-    let allowed = |c: char| !c.is_control() || (multiline && matches!(c, '\n' | '\r' | '\t'));
-    if !trimmed.chars().all(allowed) {
+    if !trimmed.chars().all(|c| rule.allows(c)) {
         return Err(ValidationError::new(
             code,
             format!("{field} contains control characters"),

@@ -1,25 +1,23 @@
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::ValidationError;
+use super::{ValidationError, rules};
 
 /// Page size: 1–100, default 20.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit(u32);
 
 impl Limit {
-    pub const DEFAULT: Limit = Limit(20);
-    pub const MAX: u32 = 100;
+    pub const DEFAULT: Limit = Limit(rules::DEFAULT_LIMIT);
 
     /// Parses the raw query value, so `limit=abc` is a clean 400 rather than a framework error.
     pub fn parse(raw: Option<&str>) -> Result<Self, ValidationError> {
         let Some(raw) = raw else {
             return Ok(Self::DEFAULT);
         };
-        match raw.trim().parse::<u32>() {
-            Ok(n) if (1..=Self::MAX).contains(&n) => Ok(Self(n)),
+        // Digits only: `str::parse` would also take `+5`, which the document's integer is not.
+        match digits(raw, 10).and_then(|d| d.parse::<u32>().ok()) {
+            Some(n) if rules::LIMIT.contains(i64::from(n)) => Ok(Self(n)),
             _ => Err(ValidationError::new(
                 "invalid_limit",
                 "limit must be an integer from 1 to 100",
@@ -37,8 +35,10 @@ impl Limit {
     }
 }
 
-/// Where the next page starts. Opaque to clients (base64url); each feed ordering has its own
-/// kind, and a cursor of the wrong kind is rejected.
+/// Where the next page starts. Opaque to clients, but plain text whose every valid spelling a
+/// regular expression states exactly (the `CURSOR_*` patterns, written into the OpenAPI
+/// document): `t.{micros}.{id}`, `l.{likes}.{micros}.{id}` or `o.{offset}`, with the id as 32
+/// lowercase hex digits. Each ordering has its own kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cursor {
     /// Keyset on `(created_at, id)`: posts by time (either direction), comments.
@@ -55,18 +55,17 @@ pub enum Cursor {
 
 impl Cursor {
     pub fn encode(&self) -> String {
-        let raw = match self {
+        match self {
             Cursor::Time { at, id } => format!("t.{}.{}", at.timestamp_micros(), id.simple()),
             Cursor::Likes { likes, at, id } => {
                 format!("l.{likes}.{}.{}", at.timestamp_micros(), id.simple())
             }
             Cursor::Offset(n) => format!("o.{n}"),
-        };
-        URL_SAFE_NO_PAD.encode(raw)
+        }
     }
 
     pub fn decode(raw: &str) -> Result<Self, ValidationError> {
-        Self::try_decode(raw.trim())
+        Self::try_decode(raw)
             .ok_or_else(|| ValidationError::new("invalid_cursor", "cursor is not valid"))
     }
 
@@ -76,27 +75,45 @@ impl Cursor {
     }
 
     fn try_decode(raw: &str) -> Option<Self> {
-        if raw.len() > 128 {
+        if raw.len() > rules::CURSOR_MAX_CHARS {
             return None;
         }
-        let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
-        let text = String::from_utf8(bytes).ok()?;
-        let parts: Vec<&str> = text.split('.').collect();
-        let time = |micros: &str| DateTime::from_timestamp_micros(micros.parse().ok()?);
+        let parts: Vec<&str> = raw.split('.').collect();
         match parts.as_slice() {
             ["t", micros, id] => Some(Cursor::Time {
                 at: time(micros)?,
-                id: Uuid::try_parse(id).ok()?,
+                id: hex_id(id)?,
             }),
             ["l", likes, micros, id] => Some(Cursor::Likes {
-                likes: likes.parse().ok()?,
+                likes: digits(likes, 18)?.parse().ok()?,
                 at: time(micros)?,
-                id: Uuid::try_parse(id).ok()?,
+                id: hex_id(id)?,
             }),
-            ["o", n] => Some(Cursor::Offset(n.parse().ok()?)),
+            ["o", n] => Some(Cursor::Offset(digits(n, 9)?.parse().ok()?)),
             _ => None,
         }
     }
+}
+
+/// `s` if it is 1 to `max` ASCII digits (so that it parses, and nothing else does: no sign, no
+/// space, which `str::parse` would take).
+fn digits(s: &str, max: usize) -> Option<&str> {
+    (!s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit())).then_some(s)
+}
+
+fn time(s: &str) -> Option<DateTime<Utc>> {
+    let (negative, magnitude) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let micros: i64 = digits(magnitude, 16)?.parse().ok()?;
+    DateTime::from_timestamp_micros(if negative { -micros } else { micros })
+}
+
+/// A UUID as `Uuid::simple` writes it; other spellings are no cursor of ours.
+fn hex_id(s: &str) -> Option<Uuid> {
+    let well_formed = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    well_formed.then(|| Uuid::try_parse(s).ok()).flatten()
 }
 
 #[cfg(test)]
@@ -107,7 +124,7 @@ mod tests {
     fn limits() {
         assert_eq!(Limit::parse(None).unwrap().get(), 20);
         assert_eq!(Limit::parse(Some("100")).unwrap().get(), 100);
-        for bad in ["0", "101", "-1", "abc", "1.5", ""] {
+        for bad in ["0", "101", "-1", "abc", "1.5", "", "+5", " 5"] {
             assert!(Limit::parse(Some(bad)).is_err(), "{bad}");
         }
     }
@@ -123,7 +140,17 @@ mod tests {
         ] {
             assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
         }
-        for bad in ["", "!!", "dA", "eC4xLjI", &"A".repeat(500)] {
+        for bad in [
+            "",
+            "!!",
+            "t.1",
+            "o.+1",
+            "o. 1",
+            "x.1.2",
+            &format!("t.1.{}", id.simple().to_string().to_uppercase()),
+            &format!("t.12345678901234567.{}", id.simple()),
+            &"A".repeat(500),
+        ] {
             assert!(Cursor::decode(bad).is_err(), "{bad}");
         }
     }

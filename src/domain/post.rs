@@ -1,3 +1,4 @@
+use super::rules::{self, TextRule};
 use super::{ValidationError, text_field};
 
 /// What a user submits to create a post, checked.
@@ -22,10 +23,10 @@ impl PostDraft {
         genre: Option<&str>,
         tags: Option<&[String]>,
     ) -> Result<Self, ValidationError> {
-        let title = text_field(title, "title", "invalid_title", 1, 200, false)?;
+        let title = text_field(title, "title", "invalid_title", rules::TITLE)?;
         let bpm = match bpm {
             None => None,
-            Some(b) if (1..=999).contains(&b) => Some(b as i32),
+            Some(b) if rules::BPM.contains(b) => Some(b as i32),
             Some(_) => {
                 return Err(ValidationError::new(
                     "invalid_bpm",
@@ -39,13 +40,17 @@ impl PostDraft {
                 description,
                 "description",
                 "invalid_description",
-                5000,
-                true,
+                rules::DESCRIPTION,
             )?,
             bpm,
-            musical_key: optional(musical_key, "musical_key", "invalid_musical_key", 32, false)?,
-            daw: optional(daw, "daw", "invalid_daw", 64, false)?,
-            genre: optional(genre, "genre", "invalid_genre", 64, false)?,
+            musical_key: optional(
+                musical_key,
+                "musical_key",
+                "invalid_musical_key",
+                rules::MUSICAL_KEY,
+            )?,
+            daw: optional(daw, "daw", "invalid_daw", rules::DAW)?,
+            genre: optional(genre, "genre", "invalid_genre", rules::GENRE)?,
             tags: Tags::parse(tags.unwrap_or_default())?,
         })
     }
@@ -56,13 +61,12 @@ fn optional(
     value: Option<&str>,
     field: &'static str,
     code: &'static str,
-    max: usize,
-    multiline: bool,
+    rule: TextRule,
 ) -> Result<Option<String>, ValidationError> {
     match value {
         None => Ok(None),
         Some(v) => {
-            let v = text_field(v, field, code, 0, max, multiline)?;
+            let v = text_field(v, field, code, rule)?;
             Ok((!v.is_empty()).then_some(v))
         }
     }
@@ -74,7 +78,7 @@ fn optional(
 pub struct Tags(Vec<String>);
 
 impl Tags {
-    pub const MAX: usize = 10;
+    pub const MAX: usize = rules::MAX_TAGS;
 
     pub fn parse(raw: &[String]) -> Result<Self, ValidationError> {
         if raw.len() > Self::MAX {
@@ -82,7 +86,7 @@ impl Tags {
         }
         let mut tags: Vec<String> = Vec::with_capacity(raw.len());
         for tag in raw {
-            let tag = text_field(tag, "a tag", "invalid_tags", 1, 32, false)?.to_lowercase();
+            let tag = text_field(tag, "a tag", "invalid_tags", rules::TAG)?.to_lowercase();
             if !tags.contains(&tag) {
                 tags.push(tag);
             }
@@ -101,7 +105,7 @@ pub struct CommentBody(String);
 
 impl CommentBody {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        text_field(raw, "body", "invalid_body_text", 1, 2000, true).map(Self)
+        text_field(raw, "body", "invalid_body_text", rules::COMMENT_BODY).map(Self)
     }
 
     pub fn into_inner(self) -> String {

@@ -1,4 +1,4 @@
-use super::{ValidationError, text_field};
+use super::{ValidationError, rules, text_field};
 
 /// A search term: 1–100 characters after trimming.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -7,7 +7,7 @@ pub struct SearchQuery(String);
 impl SearchQuery {
     pub fn parse(raw: Option<&str>) -> Result<Self, ValidationError> {
         let raw = raw.unwrap_or_default();
-        text_field(raw, "q", "invalid_query", 1, 100, false).map(Self)
+        text_field(raw, "q", "invalid_query", rules::SEARCH_QUERY).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

@@ -1,6 +1,6 @@
 use std::fmt;
 
-use super::{ValidationError, text_field};
+use super::{ValidationError, rules, text_field};
 
 /// 3–30 characters of ASCII letters, digits, `_`, `.` and `-`, starting with a letter or digit.
 /// Unique without regard to case.
@@ -9,7 +9,7 @@ pub struct Username(String);
 
 impl Username {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
-        let valid_len = (3..=30).contains(&raw.len());
+        let valid_len = (rules::USERNAME_MIN..=rules::USERNAME_MAX).contains(&raw.len());
         let valid_chars = raw
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
@@ -40,7 +40,12 @@ pub struct Email(String);
 impl Email {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         let invalid = || ValidationError::new("invalid_email", "email is not a valid address");
-        let email = text_field(raw, "email", "invalid_email", 3, 254, false)?.to_lowercase();
+        let rule = rules::TextRule {
+            min_chars: 3,
+            max_chars: rules::EMAIL_MAX,
+            multiline: false,
+        };
+        let email = text_field(raw, "email", "invalid_email", rule)?.to_lowercase();
         let (local, domain) = email.split_once('@').ok_or_else(invalid)?;
         let ok = !local.is_empty()
             && local.len() <= 64
@@ -71,7 +76,7 @@ pub struct Password(String);
 impl Password {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         let chars = raw.chars().count();
-        if (8..=128).contains(&chars) {
+        if (rules::PASSWORD_MIN..=rules::PASSWORD_MAX).contains(&chars) {
             Ok(Self(raw.to_owned()))
         } else {
             Err(ValidationError::new(

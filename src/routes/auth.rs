@@ -9,18 +9,25 @@ use uuid::Uuid;
 
 use super::State;
 use super::json::{AccountJson, AuthJson};
+use super::throttle::Account;
 use crate::db::models::NewUser;
 use crate::db::queries::{tokens, users};
 use crate::domain::credentials::{self, token_digest};
-use crate::domain::{Email, Password, Username};
+use crate::domain::{Email, Password, Username, rules};
 use crate::errors::{AppError, ErrorBody};
 use crate::telemetry::propagation::spawn_blocking_in_span;
 use crate::telemetry::root_span;
 
+/// A new account. The document's lengths, patterns and formats come from `domain::rules`
+/// (`routes::docs`).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
+    /// 3–30 characters: ASCII letters, digits, `_`, `.` and `-`, starting with a letter or
+    /// digit; unique regardless of case.
     pub username: String,
+    /// An email address; unique regardless of case.
     pub email: String,
+    /// 8–128 characters.
     pub password: String,
 }
 
@@ -85,7 +92,8 @@ pub async fn register(
     }))
 }
 
-/// Exchanges a username (or email) and password for a new token.
+/// Exchanges a username (or email) and password for a new token. Failed logins are throttled
+/// per account and per client address (`routes::throttle`).
 #[utoipa::path(
     post,
     path = "/api/v1/auth/login",
@@ -93,33 +101,60 @@ pub async fn register(
     request_body = LoginRequest,
     responses(
         (status = 200, description = "Logged in", body = AuthJson),
+        (status = 400, description = "Malformed body", body = ErrorBody),
         (status = 401, description = "Wrong credentials", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for this account or from this address \
+            within 15 minutes (`LOGIN_MAX_FAILURES`); a correct password too is refused until \
+            `Retry-After`", body = ErrorBody),
     )
 )]
-pub async fn login(state: State, body: web::Json<LoginRequest>) -> Result<HttpResponse, AppError> {
+pub async fn login(
+    req: HttpRequest,
+    state: State,
+    body: web::Json<LoginRequest>,
+) -> Result<HttpResponse, AppError> {
     let LoginRequest { login, password } = body.into_inner();
     let invalid = || AppError::Unauthorized {
         code: "invalid_credentials",
         message: "wrong username, email or password",
     };
-    if login.is_empty() || login.len() > 254 || password.is_empty() || password.len() > 1024 {
+    // A login with a control character names nobody (and Postgres refuses NUL in text).
+    if login.is_empty()
+        || login.len() > rules::LOGIN_MAX
+        || login.chars().any(char::is_control)
+        || password.is_empty()
+        || password.len() > rules::LOGIN_PASSWORD_MAX
+    {
         return Err(invalid());
     }
+    let lookup = login.clone();
     let user = state
         .db
-        .run(move |conn| users::find_by_login(conn, &login))
+        .run(move |conn| users::find_by_login(conn, &lookup))
         .await?;
+    let address = req.peer_addr().map(|a| a.ip());
+    let account = match &user {
+        Some(user) => Account::Known(user.id),
+        None => Account::Unknown(&login),
+    };
+    if let Some(retry_after_s) = state.login_throttle.blocked_for(&account, address).await {
+        return Err(AppError::TooManyRequests { retry_after_s });
+    }
+    // Unknown users cost one verification too: the answer's timing tells nothing apart.
     let verified = spawn_blocking_in_span(move || match user {
-        Some(user) if credentials::verify_password(&password, &user.password_hash) => Some(user),
-        Some(_) => None,
+        Some(user) if credentials::verify_password(&password, &user.password_hash) => Ok(user),
+        Some(_) => Err(()),
         None => {
             credentials::verify_against_nothing(&password);
-            None
+            Err(())
         }
     })
     .await
     .map_err(|e| AppError::internal("password verification", e))?;
-    let user = verified.ok_or_else(invalid)?;
+    let Ok(user) = verified else {
+        state.login_throttle.record_failure(&account, address).await;
+        return Err(invalid());
+    };
 
     let token = credentials::new_token()
         .map_err(|e| AppError::internal("token generation", e.to_string()))?;
@@ -134,6 +169,32 @@ pub async fn login(state: State, body: web::Json<LoginRequest>) -> Result<HttpRe
         user: AccountJson::from(user),
         token,
     }))
+}
+
+/// Revokes the token of this request; it answers 401 from then on. Other tokens of the user
+/// stay valid.
+#[utoipa::path(
+    post,
+    path = "/api/v1/auth/logout",
+    tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Logged out: the token is revoked"),
+        (status = 401, description = "No valid token", body = ErrorBody),
+    )
+)]
+pub async fn logout(
+    req: HttpRequest,
+    state: State,
+    _me: Authenticated,
+) -> Result<HttpResponse, AppError> {
+    let token = bearer_token(&req).ok_or_else(AppError::unauthorized)?;
+    let digest = token_digest(token);
+    state
+        .db
+        .run(move |conn| tokens::delete(conn, &digest))
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// The caller, proven by a valid `Authorization: Bearer <token>`; 401 otherwise. Extracting it

@@ -69,7 +69,7 @@ pub async fn unified(
     let kind: FeedKind = query.kind.as_deref().unwrap_or("global").parse()?;
     root_span::record_feed_type(&req, kind.as_str());
     let limit = Limit::parse(query.limit.as_deref())?;
-    let cursor = Cursor::parse(query.cursor.as_deref())?;
+    let cursor = Cursor::parse(query.cursor.as_deref())?.filter(|c| kind.accepts(c));
     let (user, reader) = if kind.needs_user() {
         let id = Authenticated::from_http(&req).await?.id;
         (Some(id), Some(id))

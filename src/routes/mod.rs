@@ -10,6 +10,7 @@ pub mod health;
 pub mod json;
 pub mod posts;
 pub mod search;
+pub mod throttle;
 pub mod tracecontext;
 pub mod users;
 
@@ -38,6 +39,7 @@ pub struct AppState {
     pub http: TracedClient,
     pub token_ttl: Duration,
     pub audio: AudioService,
+    pub login_throttle: throttle::LoginThrottle,
 }
 
 pub type State = web::Data<AppState>;

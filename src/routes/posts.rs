@@ -14,7 +14,7 @@ use crate::errors::{AppError, ErrorBody};
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreatePostRequest {
-    /// 1–200 characters.
+    /// 1–200 characters, not blank; trimmed.
     pub title: String,
     pub description: Option<String>,
     /// 1–999.
@@ -34,10 +34,10 @@ pub struct CreatePostRequest {
     request_body = CreatePostRequest,
     security(("bearer" = [])),
     responses(
-        (status = 201, description = "Created", body = PostJson),
-        (status = 400, description = "Invalid post", body = ErrorBody),
+        (status = 201, description = "Created", body = PostJson,
+            headers(("Location" = String, description = "The new post: `/api/v1/posts/{id}`"))),
+        (status = 400, description = "Invalid post or malformed body", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
-        (status = 413, description = "Body over 256 KiB", body = ErrorBody),
     )
 )]
 pub async fn create(

@@ -228,11 +228,23 @@ where
         }
         let mut fields = EventFields::default();
         event.record(&mut fields);
+        let mut level = *meta.level();
+        if level == tracing::Level::ERROR
+            && is_client_protocol_error(
+                fields.log_target.as_deref().unwrap_or(meta.target()),
+                fields.message.as_deref(),
+            )
+        {
+            level = CLIENT_PROTOCOL_ERROR_LEVEL;
+            if level > self.level {
+                return;
+            }
+        }
         let span = ctx
             .event_span(event)
             .and_then(|span| self.span_context(&span.id()));
         let site = CallSite::capture(span);
-        let level = match *meta.level() {
+        let level = match level {
             tracing::Level::ERROR => Level::Error,
             tracing::Level::WARN => Level::Warning,
             tracing::Level::INFO => Level::Info,
@@ -257,6 +269,31 @@ where
             &self.no_values,
             &site,
         );
+    }
+}
+
+/// The level of a client's protocol error (see [`is_client_protocol_error`]): what a client
+/// sends wrong is no fault of the service, and `error` is kept for those.
+const CLIENT_PROTOCOL_ERROR_LEVEL: tracing::Level = tracing::Level::INFO;
+
+/// Whether an `error` event of actix-http reports something the client did: a request that does
+/// not parse (bad request line, malformed header line, head too large), one that did not
+/// arrive in time, or a connection the client broke. actix-http answers these itself (400,
+/// 408, or nothing), before any route runs, and logs them at `error`.
+fn is_client_protocol_error(target: &str, message: Option<&str>) -> bool {
+    const CLIENT_CAUSED: [&str; 4] = [
+        "stream error: request parse error",
+        "stream error: request did not complete within the specified timeout",
+        "stream error: connection shutdown timeout",
+        "stream error: I/O error",
+    ];
+    let Some(message) = message else {
+        return false;
+    };
+    match target {
+        "actix_http::h1::dispatcher" => CLIENT_CAUSED.iter().any(|m| message.starts_with(m)),
+        "actix_http::h1::decoder" => message.starts_with("MAX_BUFFER_SIZE unprocessed data"),
+        _ => false,
     }
 }
 
@@ -321,5 +358,44 @@ impl KV for &EventFields {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_client_caused_protocol_errors_are_downgraded() {
+        let dispatcher = "actix_http::h1::dispatcher";
+        for message in [
+            "stream error: request parse error: invalid Header provided",
+            "stream error: request parse error: invalid method specified",
+            "stream error: request did not complete within the specified timeout",
+            "stream error: I/O error: Connection reset by peer (os error 104)",
+        ] {
+            assert!(
+                is_client_protocol_error(dispatcher, Some(message)),
+                "{message}"
+            );
+        }
+        assert!(is_client_protocol_error(
+            "actix_http::h1::decoder",
+            Some("MAX_BUFFER_SIZE unprocessed data reached, closing")
+        ));
+        for (target, message) in [
+            (
+                dispatcher,
+                "stream error: handler dropped payload before reading EOF",
+            ),
+            (dispatcher, "Response payload stream error: boom"),
+            ("sidechain::errors", "stream error: request parse error: x"),
+        ] {
+            assert!(
+                !is_client_protocol_error(target, Some(message)),
+                "{message}"
+            );
+        }
+        assert!(!is_client_protocol_error(dispatcher, None));
     }
 }

@@ -89,6 +89,7 @@ async fn openapi_lists_every_route() {
         ("/api-docs/openapi.json", "get"),
         ("/api/v1/auth/register", "post"),
         ("/api/v1/auth/login", "post"),
+        ("/api/v1/auth/logout", "post"),
         ("/api/v1/users/{username}", "get"),
         ("/api/v1/users/{username}/posts", "get"),
         ("/api/v1/users/{username}/follow", "post"),

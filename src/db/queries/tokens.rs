@@ -35,3 +35,10 @@ pub fn user_for(
         .first(conn)
         .optional()?)
 }
+
+/// Revokes one token (logout). Revoking a token that is already gone changes nothing.
+pub fn delete(conn: &mut PgConnection, token_hash: &[u8]) -> Result<(), AppError> {
+    diesel::delete(auth_tokens::table.filter(auth_tokens::token_hash.eq(token_hash)))
+        .execute(conn)?;
+    Ok(())
+}
