@@ -42,6 +42,8 @@ case "${1:-}" in
       echo "schemathesis $VERSION is not installed; run: scripts/schemathesis.sh install" >&2
       exit 3
     fi
+    # Hooks: serializers for the audio upload's media types (see the file).
+    export SCHEMATHESIS_HOOKS=scripts/schemathesis_hooks.py
     exec "$ST" --config-file scripts/schemathesis.toml run "$url/api-docs/openapi.json" \
       --url "$url" \
       --checks all \

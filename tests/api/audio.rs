@@ -939,15 +939,22 @@ async fn two_processes_on_one_database_process_each_job_exactly_once() {
     );
 
     let spans = otlp
-        .wait_for_spans("every job's span", |spans| {
+        // The job's root ends last (after its stages): once it is there, the job's spans are.
+        .wait_for_spans("every job's root span", |spans| {
             uploads.iter().all(|(_, trace)| {
                 spans
                     .iter()
-                    .any(|s| &s.trace_id == trace && s.name == "audio.store")
+                    .any(|s| &s.trace_id == trace && s.name == "audio.process")
             })
         })
         .await;
     for (_, trace) in &uploads {
+        assert!(
+            spans
+                .iter()
+                .any(|s| &s.trace_id == trace && s.name == "audio.store"),
+            "trace {trace} has its stages"
+        );
         let process = spans
             .iter()
             .filter(|s| &s.trace_id == trace && s.name == "audio.process")
