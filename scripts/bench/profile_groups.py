@@ -11,10 +11,12 @@ and each group is printed as CPU microseconds per request, one column per profil
 untraced and a traced server on the same route (BENCHMARKS.md, "Where the overhead goes").
 """
 
+import os
 import re
 import sys
 
-HZ = 1999
+# The recording's frequency (`perf record -F`); HZ=999 for a recording at -F 999.
+HZ = int(os.environ.get("HZ", "1999"))
 
 
 def any_frame(pattern):
