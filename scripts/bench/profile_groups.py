@@ -31,7 +31,8 @@ GROUPS = [
     ("span creation: new_span", any_frame(r"^new_span<")),
     ("span enter/exit on every poll", any_frame(r"^(enter|exit)<sidechain::telemetry::logging::TracingBridge")),
     ("span record / clone / context", any_frame(r"^(record|clone_span|with_subscriber)<")),
-    ("propagation (extract, traceresponse)", any_frame(r"sidechain::telemetry::propagation::")),
+    # Not spawn_blocking_in_span: the whole blocking-pool call (a Diesel query) runs under it.
+    ("propagation (extract, traceresponse)", any_frame(r"sidechain::telemetry::propagation::(?!spawn_blocking_in_span)")),
     ("slog on the request thread", any_frame(r"slog")),
     ("metrics", any_frame(r"prometheus_client|telemetry::metrics")),
 ]

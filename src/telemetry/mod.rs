@@ -12,7 +12,7 @@
 
 pub mod config;
 pub mod db;
-mod end_at_close;
+pub mod end_at_close;
 pub mod export;
 pub mod logging;
 pub mod metrics;
