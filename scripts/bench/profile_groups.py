@@ -26,6 +26,11 @@ def any_frame(pattern):
 
 GROUPS = [
     ("export thread (otel-export)", lambda comm, frames: comm.startswith("otel-export")),
+    # The peer build's: the SDK's batch processor thread and reqwest's blocking-client runtime.
+    (
+        "export threads of the peer (BatchProcessor, reqwest)",
+        lambda comm, frames: comm.startswith(("OpenTelemetry.", "reqwest-intern")),
+    ),
     ("log thread (log-writer)", lambda comm, frames: comm.startswith("log-writer")),
     ("span close: SDK span built, on_end, staging", any_frame(r"^try_close<")),
     ("span creation: new_span", any_frame(r"^new_span<")),
