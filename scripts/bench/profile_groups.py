@@ -11,10 +11,12 @@ and each group is printed as CPU microseconds per request, one column per profil
 untraced and a traced server on the same route (BENCHMARKS.md, "Where the overhead goes").
 """
 
+import os
 import re
 import sys
 
-HZ = 1999
+# The recording's frequency (`perf record -F`); HZ=999 for a recording at -F 999.
+HZ = int(os.environ.get("HZ", "1999"))
 
 
 def any_frame(pattern):
@@ -24,12 +26,18 @@ def any_frame(pattern):
 
 GROUPS = [
     ("export thread (otel-export)", lambda comm, frames: comm.startswith("otel-export")),
+    # The peer build's: the SDK's batch processor thread and reqwest's blocking-client runtime.
+    (
+        "export threads of the peer (BatchProcessor, reqwest)",
+        lambda comm, frames: comm.startswith(("OpenTelemetry.", "reqwest-intern")),
+    ),
     ("log thread (log-writer)", lambda comm, frames: comm.startswith("log-writer")),
     ("span close: SDK span built, on_end, staging", any_frame(r"^try_close<")),
     ("span creation: new_span", any_frame(r"^new_span<")),
     ("span enter/exit on every poll", any_frame(r"^(enter|exit)<sidechain::telemetry::logging::TracingBridge")),
     ("span record / clone / context", any_frame(r"^(record|clone_span|with_subscriber)<")),
-    ("propagation (extract, traceresponse)", any_frame(r"sidechain::telemetry::propagation::")),
+    # Not spawn_blocking_in_span: the whole blocking-pool call (a Diesel query) runs under it.
+    ("propagation (extract, traceresponse)", any_frame(r"sidechain::telemetry::propagation::(?!spawn_blocking_in_span)")),
     ("slog on the request thread", any_frame(r"slog")),
     ("metrics", any_frame(r"prometheus_client|telemetry::metrics")),
 ]

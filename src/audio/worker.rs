@@ -303,6 +303,9 @@ impl Worker {
         span.record("audio.sample_rate", i64::from(probe.sample_rate));
         span.record("audio.channels", i64::from(probe.channels));
         span.record("audio.source_format", probe.format.as_str());
+        // A span ends when it closes (telemetry/end_at_close.rs): close each stage's span before
+        // the next stage starts, rather than when its shadowed binding goes out of scope.
+        drop(span);
 
         let span = stage_span(AudioStage::Transcode, job.source_bytes);
         let transcode = async {
@@ -321,6 +324,7 @@ impl Worker {
                 KeyValue::new("audio.codec", "mp3"),
             ],
         );
+        drop(span);
 
         let span = stage_span(AudioStage::Waveform, job.source_bytes);
         let (waveform, code) = timed(
@@ -331,6 +335,7 @@ impl Worker {
         .await?;
         record_exit(&span, code);
         span.record("audio.output.peaks", waveform.len() as i64);
+        drop(span);
 
         let span = stage_span(AudioStage::Store, mp3_bytes);
         let processed = Processed {

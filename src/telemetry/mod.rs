@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod db;
+pub mod end_at_close;
 pub mod export;
 pub mod logging;
 pub mod metrics;
@@ -106,21 +107,24 @@ pub fn init(settings: &Settings, options: TelemetryOptions) -> Result<Telemetry,
         None
     };
 
+    // Spans end when they close, not at their last exit: no OpenTelemetry work on every poll.
     let otel_layer = provider.as_ref().map(|provider| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("sidechain"))
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_level(false)
-            .with_target(false)
-            // We read span contexts through the span (`OpenTelemetrySpanExt::context`), never
-            // through `Context::current()`: attaching a context on every enter and exit of a
-            // span (actix polls the request's future many times) would be pure overhead.
-            .with_context_activation(false)
-            // Only our spans become OpenTelemetry spans: libraries' internal spans (hyper, h2,
-            // the exporter's own HTTP client) would be noise, or a feedback loop.
-            .with_filter(Targets::new().with_target("sidechain", tracing::Level::INFO))
+        end_at_close::EndAtClose(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("sidechain"))
+                .with_location(false)
+                .with_threads(false)
+                .with_tracked_inactivity(false)
+                .with_level(false)
+                .with_target(false)
+                // We read span contexts through the span (`OpenTelemetrySpanExt::context`), never
+                // through `Context::current()`: attaching a context on every enter and exit of a
+                // span (actix polls the request's future many times) would be pure overhead.
+                .with_context_activation(false)
+                // Only our spans become OpenTelemetry spans: libraries' internal spans (hyper, h2,
+                // the exporter's own HTTP client) would be noise, or a feedback loop.
+                .with_filter(Targets::new().with_target("sidechain", tracing::Level::INFO)),
+        )
     });
     let subscriber = tracing_subscriber::registry().with(otel_layer).with(bridge);
     tracing::subscriber::set_global_default(subscriber)
