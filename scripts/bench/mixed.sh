@@ -17,7 +17,7 @@
 # prefix of its own emptied first. Loopback only.
 #
 # Environment: DURATION_S (measured seconds per run, default 30), WARMUP_S (default 5), CONNS
-# (default 16), MAX_REQUESTS (default 2000000), BEFORE_BIN (default /work/wt16-before/sidechain-before),
+# (default 16), MAX_REQUESTS (default 2000000), BEFORE_BIN (default target/bench-mixed/sidechain-before),
 # SKIP_BUILD=1, PG (default postgres://postgres@127.0.0.1:5432), REDIS_URL (default
 # redis://127.0.0.1:6379).
 # Results: target/bench-mixed/<variant>.md and summary.md.
@@ -27,7 +27,7 @@ cd "$(dirname "$0")/../.."
 VARIANTS="${VARIANTS:-before on off untraced}"
 export DURATION_S="${DURATION_S:-30}" WARMUP_S="${WARMUP_S:-5}" CONNS="${CONNS:-16}"
 export MAX_REQUESTS="${MAX_REQUESTS:-2000000}"
-BEFORE_BIN="${BEFORE_BIN:-/work/wt16-before/sidechain-before}"
+BEFORE_BIN="${BEFORE_BIN:-target/bench-mixed/sidechain-before}"
 PG="${PG:-postgres://postgres@127.0.0.1:5432}"
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379}"
 DB_URL="$PG/sidechain_bench16"
