@@ -1810,6 +1810,14 @@ fn promql_metric_names_are_found_in_typical_expressions() {
 }
 
 /// A dashboard's panels, rows' nested panels included.
+/// The dashboard with this title.
+fn dashboard_titled(title: &str) -> Json {
+    dashboards()
+        .into_values()
+        .find(|d| d["title"] == title)
+        .unwrap_or_else(|| panic!("a dashboard titled {title:?}"))
+}
+
 fn panels(dashboard: &Json) -> Vec<&Json> {
     let mut found = Vec::new();
     let mut pending: Vec<&Json> = dashboard["panels"]
@@ -1912,12 +1920,8 @@ fn assert_loki_labels(expr: &str, context: &str) {
 
 #[test]
 fn api_performance_dashboard_has_the_issue_panels_with_exemplars_on_latency() {
-    let dashboards = dashboards();
-    let dashboard = dashboards
-        .values()
-        .find(|d| d["title"] == "API Performance")
-        .expect("a dashboard titled \"API Performance\"");
-    let panels = panels(dashboard);
+    let dashboard = dashboard_titled("API Performance");
+    let panels = panels(&dashboard);
     let find = |what: &str, wanted: &dyn Fn(&str) -> bool| find_panel(&panels, what, wanted);
     let http = "http_server_request_duration_seconds";
     let by_route = |e: &str| e.contains("by (route)") || e.contains("by (le, route)");
@@ -2504,12 +2508,8 @@ fn traces_to_logs_runs_the_query_the_readme_shows() {
 /// series do not exist until the first failure, so each query has an `or` fallback.
 #[test]
 fn failure_panels_show_zero_when_healthy() {
-    let dashboards = dashboards();
-    let dashboard = dashboards
-        .values()
-        .find(|d| d["title"] == "API Performance")
-        .expect("API Performance");
-    let panels = panels(dashboard);
+    let dashboard = dashboard_titled("API Performance");
+    let panels = panels(&dashboard);
     for (title, needle) in [
         ("Error rate (5xx) by route", r#"status=~"5..""#),
         ("Spans dropped or failed", r#"outcome!="exported""#),
@@ -2532,12 +2532,8 @@ fn failure_panels_show_zero_when_healthy() {
 
 #[test]
 fn api_performance_has_the_exporter_stack_and_audio_panels() {
-    let dashboards = dashboards();
-    let dashboard = dashboards
-        .values()
-        .find(|d| d["title"] == "API Performance")
-        .expect("API Performance");
-    let panels = panels(dashboard);
+    let dashboard = dashboard_titled("API Performance");
+    let panels = panels(&dashboard);
     let find = |what: &str, wanted: &dyn Fn(&str) -> bool| find_panel(&panels, what, wanted);
     find("exporter retries", &|e| {
         e.contains("rate(otel_exporter_retries_total")
@@ -2578,7 +2574,7 @@ fn api_performance_has_the_exporter_stack_and_audio_panels() {
     assert!(expr.contains(r#"result=~"hit|miss""#), "{expr}");
 
     // Panels never overlap within a dashboard.
-    for (name, dashboard) in dashboards.iter() {
+    for (name, dashboard) in &dashboards() {
         let boxes: Vec<(u64, u64, u64, u64, String)> = panels_of(dashboard)
             .iter()
             .map(|p| {
