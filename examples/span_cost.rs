@@ -21,15 +21,13 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::{Context, KeyValue, Value};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanProcessor};
+use sidechain::telemetry;
 use sidechain::telemetry::end_at_close::EndAtClose;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 
 const N: u32 = 200_000;
@@ -143,17 +141,7 @@ fn main() {
     let address: Arc<str> = "127.0.0.1".into();
     let _ = black_box(KeyValue::new("warm", 1));
 
-    let plain = tracing_subscriber::registry().with(
-        tracing_opentelemetry::layer()
-            .with_tracer(provider().tracer("sidechain"))
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_level(false)
-            .with_target(false)
-            .with_context_activation(false)
-            .with_filter(Targets::new().with_target("sidechain", tracing::Level::INFO)),
-    );
+    let plain = tracing_subscriber::registry().with(telemetry::otel_layer(&provider()));
     tracing::subscriber::with_default(plain, || {
         in_root(|| {
             time("db span, tracing fields", || {
@@ -164,17 +152,8 @@ fn main() {
         })
     });
 
-    let wrapped = tracing_subscriber::registry().with(EndAtClose(
-        tracing_opentelemetry::layer()
-            .with_tracer(provider().tracer("sidechain"))
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_level(false)
-            .with_target(false)
-            .with_context_activation(false)
-            .with_filter(Targets::new().with_target("sidechain", tracing::Level::INFO)),
-    ));
+    let wrapped =
+        tracing_subscriber::registry().with(EndAtClose(telemetry::otel_layer(&provider())));
     tracing::subscriber::with_default(wrapped, || {
         in_root(|| {
             time("db span, tracing fields", || {

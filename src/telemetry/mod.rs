@@ -28,9 +28,11 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_opentelemetry::OpenTelemetryLayer;
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{Filtered, Targets};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::{LogLevel, Settings};
 use config::TelemetrySettings;
@@ -108,24 +110,9 @@ pub fn init(settings: &Settings, options: TelemetryOptions) -> Result<Telemetry,
     };
 
     // Spans end when they close, not at their last exit: no OpenTelemetry work on every poll.
-    let otel_layer = provider.as_ref().map(|provider| {
-        end_at_close::EndAtClose(
-            tracing_opentelemetry::layer()
-                .with_tracer(provider.tracer("sidechain"))
-                .with_location(false)
-                .with_threads(false)
-                .with_tracked_inactivity(false)
-                .with_level(false)
-                .with_target(false)
-                // We read span contexts through the span (`OpenTelemetrySpanExt::context`), never
-                // through `Context::current()`: attaching a context on every enter and exit of a
-                // span (actix polls the request's future many times) would be pure overhead.
-                .with_context_activation(false)
-                // Only our spans become OpenTelemetry spans: libraries' internal spans (hyper, h2,
-                // the exporter's own HTTP client) would be noise, or a feedback loop.
-                .with_filter(Targets::new().with_target("sidechain", tracing::Level::INFO)),
-        )
-    });
+    let otel_layer = provider
+        .as_ref()
+        .map(|provider| end_at_close::EndAtClose(otel_layer(provider)));
     let subscriber = tracing_subscriber::registry().with(otel_layer).with(bridge);
     tracing::subscriber::set_global_default(subscriber)
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
@@ -159,6 +146,30 @@ impl Telemetry {
             None => Ok(()),
         }
     }
+}
+
+/// The OpenTelemetry layer as the service configures it (before [`end_at_close::EndAtClose`]),
+/// so that the benchmarks measure the same bridge.
+pub fn otel_layer<S>(
+    provider: &SdkTracerProvider,
+) -> Filtered<OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>, Targets, S>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("sidechain"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_level(false)
+        .with_target(false)
+        // We read span contexts through the span (`OpenTelemetrySpanExt::context`), never
+        // through `Context::current()`: attaching a context on every enter and exit of a
+        // span (actix polls the request's future many times) would be pure overhead.
+        .with_context_activation(false)
+        // Only our spans become OpenTelemetry spans: libraries' internal spans (hyper, h2,
+        // the exporter's own HTTP client) would be noise, or a feedback loop.
+        .with_filter(Targets::new().with_target("sidechain", tracing::Level::INFO))
 }
 
 /// The resource of every span: defaults, overridden by `OTEL_RESOURCE_ATTRIBUTES`, overridden by
