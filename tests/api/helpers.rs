@@ -54,9 +54,12 @@ impl Write for LogCapture {
 }
 
 impl LogCapture {
-    /// Every complete line so far, as text.
+    /// Every complete line so far, as text. A line the drain is still writing (no newline yet)
+    /// is left for the next call: the drain thread writes a record in more than one `write`.
     pub fn raw_lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().unwrap().clone();
+        let mut bytes = self.0.lock().unwrap().clone();
+        let complete = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        bytes.truncate(complete);
         let text = String::from_utf8(bytes).expect("log output is UTF-8");
         text.lines().map(str::to_owned).collect()
     }
