@@ -235,6 +235,21 @@ pub enum Written {
     Lost,
 }
 
+/// Locks the job's post, first: every transaction here that writes a post and its jobs takes
+/// the post's row before any job row, as `enqueue` and a post's deletion (whose cascade reaches
+/// the jobs after the post) do. Taken the other way round, a worker ending a job while the
+/// author uploads again would each hold the row the other waits for, and Postgres would end
+/// the deadlock by failing one of them. `false` when the post is gone (its jobs with it).
+fn lock_post(conn: &mut PgConnection, post_id: Uuid) -> QueryResult<bool> {
+    posts::table
+        .find(post_id)
+        .select(posts::id)
+        .for_update()
+        .first::<Uuid>(conn)
+        .optional()
+        .map(|post| post.is_some())
+}
+
 /// Job `done`, post `ready` with every field, in one transaction.
 pub fn finish(
     conn: &mut PgConnection,
@@ -242,6 +257,9 @@ pub fn finish(
     processed: &Processed,
 ) -> Result<Written, AppError> {
     conn.transaction(|conn| {
+        if !lock_post(conn, job.post_id)? {
+            return Ok(Written::Lost);
+        }
         let claimed = diesel::update(this_claim(job))
             .set((
                 audio_jobs::state.eq("done"),
@@ -288,6 +306,9 @@ pub fn fail(
         } else {
             ("failed", AudioStatus::Failed)
         };
+        if !lock_post(conn, job.post_id)? {
+            return Ok(Written::Lost);
+        }
         let claimed = diesel::update(this_claim(job))
             .set((
                 audio_jobs::state.eq(state),
@@ -317,6 +338,9 @@ pub fn fail(
 /// another worker takes it at once instead of after the lease.
 pub fn release(conn: &mut PgConnection, job: &ClaimedJob) -> Result<Written, AppError> {
     conn.transaction(|conn| {
+        if !lock_post(conn, job.post_id)? {
+            return Ok(Written::Lost);
+        }
         let claimed = diesel::update(this_claim(job))
             .set((
                 audio_jobs::state.eq("queued"),

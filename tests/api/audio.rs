@@ -11,6 +11,7 @@ use std::time::Duration;
 use diesel::{Connection, PgConnection, QueryableByName, RunQueryDsl};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use sidechain::audio::jobs::{self, Written};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
@@ -688,6 +689,81 @@ async fn a_second_upload_supersedes_the_first_and_delete_removes_the_files() {
         .await;
     assert_eq!(response.status(), StatusCode::NO_CONTENT);
     assert!(!dir.exists());
+}
+
+/// A worker ending a job while its author uploads again: both transactions write the post and
+/// its jobs, and both must take the post's row first, or each holds the row the other waits
+/// for and Postgres ends the deadlock by failing one (schemathesis' stateful phase met it as a
+/// 500 on the upload). The two sides are interleaved by hand where the cycle would close: the
+/// upload's transaction is `enqueue`'s two steps, written out.
+#[tokio::test]
+async fn a_job_ending_during_a_new_upload_does_not_deadlock() {
+    let app = spawn_app_with(|c| {
+        c.set("AUDIO_WORKERS", "0");
+    })
+    .await;
+    let user = app.register("producer").await;
+    let post = app.post_titled(&user, "raced").await;
+    let id = post["id"].as_str().unwrap();
+    let response = app
+        .upload(&user, id, "audio/wav", sine_wav(0.2, 8_000, 1))
+        .await;
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let post_id: Uuid = id.parse().unwrap();
+
+    // The worker's side: the job claimed, as a worker does.
+    let mut worker = PgConnection::establish(&app.db_url).unwrap();
+    let job = jobs::claim(&mut worker, Duration::from_secs(60))
+        .unwrap()
+        .expect("the upload's job is queued");
+    assert_eq!(job.post_id, post_id);
+    let worker_pid = diesel::sql_query("SELECT pg_backend_pid()::bigint AS n")
+        .get_result::<Count>(&mut worker)
+        .unwrap()
+        .n;
+
+    // The new upload's first step: the post's row locked.
+    let mut upload = PgConnection::establish(&app.db_url).unwrap();
+    diesel::sql_query("BEGIN").execute(&mut upload).unwrap();
+    diesel::sql_query("SELECT id FROM posts WHERE id = $1 FOR UPDATE")
+        .bind::<diesel::sql_types::Uuid, _>(post_id)
+        .execute(&mut upload)
+        .unwrap();
+
+    // The job fails meanwhile: it waits for the post.
+    let failing = std::thread::spawn(move || {
+        jobs::fail(&mut worker, &job, "not a readable audio file", false)
+    });
+    let waiting = format!(
+        "SELECT count(*) AS n FROM pg_stat_activity WHERE pid = {worker_pid} \
+         AND wait_event_type = 'Lock'"
+    );
+    poll_within(
+        "the worker waiting for a lock",
+        Duration::from_secs(10),
+        || {
+            let waits = count(&app.db_url, &waiting) == 1;
+            async move { waits.then_some(()) }
+        },
+    )
+    .await;
+
+    // The upload's second step: the post's open jobs cancelled. A worker that had taken the
+    // job's row before the post's would hold it now, and one side would get "deadlock detected".
+    let cancelled = diesel::sql_query(
+        "UPDATE audio_jobs SET state = 'cancelled' \
+         WHERE post_id = $1 AND state IN ('queued', 'running')",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(post_id)
+    .execute(&mut upload);
+    assert_eq!(cancelled.expect("the upload's transaction goes on"), 1);
+    diesel::sql_query("COMMIT").execute(&mut upload).unwrap();
+
+    let written = failing
+        .join()
+        .unwrap()
+        .expect("the worker's transaction ends without an error");
+    assert_eq!(written, Written::Lost, "the upload cancelled the job");
 }
 
 #[derive(QueryableByName)]
