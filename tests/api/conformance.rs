@@ -43,10 +43,20 @@ async fn schemathesis_finds_nothing() {
         .await
         .expect("schemathesis ends within its time budget")
         .unwrap();
+    // The service's own account of its faults goes with the report: a 500 names its cause
+    // only in the log.
+    app.terminate();
+    let (_, logs) = app.exited(Duration::from_secs(30)).await;
+    let faults: Vec<String> = logs
+        .iter()
+        .filter(|l| l["level"] == "error")
+        .map(Value::to_string)
+        .collect();
     let report = format!(
-        "{}\n{}",
+        "{}\n{}\nerror-level log lines of the service:\n{}",
         String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        String::from_utf8_lossy(&output.stderr),
+        faults.join("\n")
     );
     if output.status.code() == Some(3) {
         panic!("schemathesis is not installed: run `scripts/schemathesis.sh install`\n{report}");
