@@ -7,9 +7,9 @@
 #   M  as B, its `otel-export` and `log-writer` threads moved to core 0 after start
 # Servers on core 1, wrk and the sink on core 0. Each run is measured twice, without and with the
 # profiler:
-#   - plain: server CPU per request, its threads' context switches per request, the rescheduling
-#     and function-call interrupts each core received per request (/proc/interrupts RES, CAL: a
-#     wake-up of a task on the other core), and how idle each core was;
+#   - plain: server CPU per request, the rescheduling and function-call interrupts each core
+#     received per request (/proc/interrupts RES, CAL: a wake-up of a task on the other core),
+#     and how idle each core was;
 #   - perf: a recording of the whole run, grouped by profile_groups.py with SPLIT=1 (user space,
 #     waking another task with or without an IPI, each system call).
 # Run overhead.sh once first (it builds, seeds the database and the sink). Environment: DURATION
@@ -53,19 +53,16 @@ for task in /proc/"${PID[M]}"/task/*; do
 done
 bench_routes
 
-# One line of counters: the server's CPU ticks, its threads' context switches, the RES and CAL
-# interrupts of each core, each core's idle ticks.
+# One line of counters: the server's CPU ticks, the RES and CAL interrupts of each core, each
+# core's idle ticks. (Not context switches: /proc counts them per thread, and the blocking
+# pool's threads come and go.)
 counters() { # pid
-  local switches=0 t
-  for t in /proc/"$1"/task/*; do
-    switches=$((switches + $(awk '/ctxt_switches/ { n += $2 } END { print n }' "$t/status")))
-  done
-  echo "$(cpu_ticks "$1") $switches" \
+  echo "$(cpu_ticks "$1")" \
     "$(awk '$1 == "RES:" || $1 == "CAL:" { printf "%s %s ", $2, $3 }' /proc/interrupts)" \
     "$(awk '$1 == "cpu0" || $1 == "cpu1" { printf "%s ", $5 + $6 }' /proc/stat)"
 }
 
-printf 'route\tserver\trep\trps\tcpu_us\tswitches\tres0\tres1\tcal0\tcal1\tidle0\tidle1\n' >"$OUT/plain.tsv"
+printf 'route\tserver\trep\trps\tcpu_us\tres0\tres1\tcal0\tcal1\tidle0\tidle1\n' >"$OUT/plain.tsv"
 plain() { # route server rep
   local file="$OUT/wrk-$1-$2-$3.txt" before after
   before=$(counters "${PID[$2]}")
@@ -79,10 +76,10 @@ n = int(re.search(r"(\d+) requests in", text).group(1))
 hz = int(sys.argv[5])
 b, a = ([float(x) for x in s.split()] for s in sys.argv[6:8])
 d = [y - x for x, y in zip(b, a)]
-# d: cpu, switches, RES0, RES1, CAL0, CAL1, idle0, idle1 (ticks)
-print(f"{sys.argv[2]}\t{sys.argv[3]}\t{sys.argv[4]}\t{rps:.0f}\t{d[0] / hz * 1e6 / n:.1f}\t{d[1] / n:.2f}"
-      f"\t{d[2] / n:.3f}\t{d[3] / n:.3f}\t{d[4] / n:.3f}\t{d[5] / n:.3f}"
-      f"\t{d[6] / hz:.2f}\t{d[7] / hz:.2f}")
+# d: cpu, RES0, RES1, CAL0, CAL1, idle0, idle1 (ticks)
+print(f"{sys.argv[2]}\t{sys.argv[3]}\t{sys.argv[4]}\t{rps:.0f}\t{d[0] / hz * 1e6 / n:.1f}"
+      f"\t{d[1] / n:.3f}\t{d[2] / n:.3f}\t{d[3] / n:.3f}\t{d[4] / n:.3f}"
+      f"\t{d[5] / hz:.2f}\t{d[6] / hz:.2f}")
 PY
   tail -n 1 "$OUT/plain.tsv" >&2
 }
@@ -119,8 +116,8 @@ done
   python3 - "$OUT/plain.tsv" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
-keys = ["rps", "cpu_us", "switches", "res0", "res1", "cal0", "cal1", "idle0", "idle1"]
-print("| route | server | req/s | server CPU µs | context switches | RES core 0 | RES core 1 | CAL core 0 | CAL core 1 | idle s core 0 | idle s core 1 |")
+keys = ["rps", "cpu_us", "res0", "res1", "cal0", "cal1", "idle0", "idle1"]
+print("| route | server | req/s | server CPU µs | RES core 0 | RES core 1 | CAL core 0 | CAL core 1 | idle s core 0 | idle s core 1 |")
 print("| --- | --- |" + " ---: |" * len(keys))
 for route in dict.fromkeys(r["route"] for r in rows):
     for server in "ABM":
