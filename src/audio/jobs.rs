@@ -192,6 +192,18 @@ fn this_claim(job: &ClaimedJob) -> ThisClaim {
     )
 }
 
+/// The job's post, while this job's upload is still the post's.
+type ThisUpload = diesel::dsl::Filter<
+    diesel::dsl::Find<posts::table, Uuid>,
+    diesel::dsl::Eq<posts::audio_upload_id, Uuid>,
+>;
+
+fn this_upload(job: &ClaimedJob) -> ThisUpload {
+    posts::table
+        .find(job.post_id)
+        .filter(posts::audio_upload_id.eq(job.id))
+}
+
 /// Extends the lease; `false` when the job is no longer this claim's (cancelled, deleted with
 /// its post, or taken over after the lease expired).
 pub fn renew(conn: &mut PgConnection, job: &ClaimedJob, lease: Duration) -> QueryResult<bool> {
@@ -209,14 +221,10 @@ pub fn renew(conn: &mut PgConnection, job: &ClaimedJob, lease: Duration) -> Quer
 
 /// Marks the post `processing`; `false` when the post has moved on to another upload.
 pub fn start(conn: &mut PgConnection, job: &ClaimedJob) -> QueryResult<bool> {
-    diesel::update(
-        posts::table
-            .find(job.post_id)
-            .filter(posts::audio_upload_id.eq(job.id)),
-    )
-    .set(posts::audio_status.eq(AudioStatus::Processing.as_str()))
-    .execute(conn)
-    .map(|n| n == 1)
+    diesel::update(this_upload(job))
+        .set(posts::audio_status.eq(AudioStatus::Processing.as_str()))
+        .execute(conn)
+        .map(|n| n == 1)
 }
 
 /// What the stages found, stored with the `ready` post.
@@ -250,46 +258,60 @@ fn lock_post(conn: &mut PgConnection, post_id: Uuid) -> QueryResult<bool> {
         .map(|post| post.is_some())
 }
 
+/// One write of a claimed job and then of its post, in one transaction, the post's row locked
+/// first ([`lock_post`]). `job_write` updates [`this_claim`] and returns the rows it changed;
+/// when that is none (or the post is gone) the job is no longer this claim's, and `post_write`
+/// is not run.
+fn write_claimed(
+    conn: &mut PgConnection,
+    job: &ClaimedJob,
+    job_write: impl FnOnce(&mut PgConnection) -> QueryResult<usize>,
+    post_write: impl FnOnce(&mut PgConnection) -> QueryResult<usize>,
+) -> Result<Written, AppError> {
+    conn.transaction(|conn| {
+        if !lock_post(conn, job.post_id)? || job_write(conn)? == 0 {
+            return Ok(Written::Lost);
+        }
+        post_write(conn)?;
+        Ok(Written::Done)
+    })
+}
+
 /// Job `done`, post `ready` with every field, in one transaction.
 pub fn finish(
     conn: &mut PgConnection,
     job: &ClaimedJob,
     processed: &Processed,
 ) -> Result<Written, AppError> {
-    conn.transaction(|conn| {
-        if !lock_post(conn, job.post_id)? {
-            return Ok(Written::Lost);
-        }
-        let claimed = diesel::update(this_claim(job))
-            .set((
-                audio_jobs::state.eq("done"),
-                audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
-                audio_jobs::last_error.eq(None::<String>),
-                audio_jobs::updated_at.eq(diesel::dsl::now),
-            ))
-            .execute(conn)?;
-        if claimed == 0 {
-            return Ok(Written::Lost);
-        }
-        let waveform: Vec<Option<f32>> = processed.waveform.iter().copied().map(Some).collect();
-        diesel::update(
-            posts::table
-                .find(job.post_id)
-                .filter(posts::audio_upload_id.eq(job.id)),
-        )
-        .set((
-            posts::audio_status.eq(AudioStatus::Ready.as_str()),
-            posts::audio_duration_ms.eq(processed.probe.duration_ms),
-            posts::audio_sample_rate.eq(processed.probe.sample_rate),
-            posts::audio_channels.eq(processed.probe.channels),
-            posts::audio_source_format.eq(&processed.probe.format),
-            posts::audio_waveform.eq(waveform),
-            posts::audio_error.eq(None::<String>),
-            posts::audio_bytes.eq(processed.mp3_bytes),
-        ))
-        .execute(conn)?;
-        Ok(Written::Done)
-    })
+    write_claimed(
+        conn,
+        job,
+        |conn| {
+            diesel::update(this_claim(job))
+                .set((
+                    audio_jobs::state.eq("done"),
+                    audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
+                    audio_jobs::last_error.eq(None::<String>),
+                    audio_jobs::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+        },
+        |conn| {
+            let waveform: Vec<Option<f32>> = processed.waveform.iter().copied().map(Some).collect();
+            diesel::update(this_upload(job))
+                .set((
+                    posts::audio_status.eq(AudioStatus::Ready.as_str()),
+                    posts::audio_duration_ms.eq(processed.probe.duration_ms),
+                    posts::audio_sample_rate.eq(processed.probe.sample_rate),
+                    posts::audio_channels.eq(processed.probe.channels),
+                    posts::audio_source_format.eq(&processed.probe.format),
+                    posts::audio_waveform.eq(waveform),
+                    posts::audio_error.eq(None::<String>),
+                    posts::audio_bytes.eq(processed.mp3_bytes),
+                ))
+                .execute(conn)
+        },
+    )
 }
 
 /// Ends the job: `failed` for good (post `failed` with the reason) or, when `retry`, `queued`
@@ -300,67 +322,57 @@ pub fn fail(
     reason: &str,
     retry: bool,
 ) -> Result<Written, AppError> {
-    conn.transaction(|conn| {
-        let (state, post_status) = if retry {
-            ("queued", AudioStatus::Pending)
-        } else {
-            ("failed", AudioStatus::Failed)
-        };
-        if !lock_post(conn, job.post_id)? {
-            return Ok(Written::Lost);
-        }
-        let claimed = diesel::update(this_claim(job))
-            .set((
-                audio_jobs::state.eq(state),
-                audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
-                audio_jobs::last_error.eq(reason),
-                audio_jobs::updated_at.eq(diesel::dsl::now),
-            ))
-            .execute(conn)?;
-        if claimed == 0 {
-            return Ok(Written::Lost);
-        }
-        diesel::update(
-            posts::table
-                .find(job.post_id)
-                .filter(posts::audio_upload_id.eq(job.id)),
-        )
-        .set((
-            posts::audio_status.eq(post_status.as_str()),
-            posts::audio_error.eq((!retry).then_some(reason)),
-        ))
-        .execute(conn)?;
-        Ok(Written::Done)
-    })
+    let (state, post_status) = if retry {
+        ("queued", AudioStatus::Pending)
+    } else {
+        ("failed", AudioStatus::Failed)
+    };
+    write_claimed(
+        conn,
+        job,
+        |conn| {
+            diesel::update(this_claim(job))
+                .set((
+                    audio_jobs::state.eq(state),
+                    audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
+                    audio_jobs::last_error.eq(reason),
+                    audio_jobs::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+        },
+        |conn| {
+            diesel::update(this_upload(job))
+                .set((
+                    posts::audio_status.eq(post_status.as_str()),
+                    posts::audio_error.eq((!retry).then_some(reason)),
+                ))
+                .execute(conn)
+        },
+    )
 }
 
 /// Gives a job back untried (the process is stopping): `queued`, this attempt not counted, so
 /// another worker takes it at once instead of after the lease.
 pub fn release(conn: &mut PgConnection, job: &ClaimedJob) -> Result<Written, AppError> {
-    conn.transaction(|conn| {
-        if !lock_post(conn, job.post_id)? {
-            return Ok(Written::Lost);
-        }
-        let claimed = diesel::update(this_claim(job))
-            .set((
-                audio_jobs::state.eq("queued"),
-                audio_jobs::attempts.eq(job.attempts - 1),
-                audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
-                audio_jobs::updated_at.eq(diesel::dsl::now),
-            ))
-            .execute(conn)?;
-        if claimed == 0 {
-            return Ok(Written::Lost);
-        }
-        diesel::update(
-            posts::table
-                .find(job.post_id)
-                .filter(posts::audio_upload_id.eq(job.id)),
-        )
-        .set(posts::audio_status.eq(AudioStatus::Pending.as_str()))
-        .execute(conn)?;
-        Ok(Written::Done)
-    })
+    write_claimed(
+        conn,
+        job,
+        |conn| {
+            diesel::update(this_claim(job))
+                .set((
+                    audio_jobs::state.eq("queued"),
+                    audio_jobs::attempts.eq(job.attempts - 1),
+                    audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
+                    audio_jobs::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+        },
+        |conn| {
+            diesel::update(this_upload(job))
+                .set(posts::audio_status.eq(AudioStatus::Pending.as_str()))
+                .execute(conn)
+        },
+    )
 }
 
 /// Whether the job was superseded: cancelled by a later upload, or gone with its post.
