@@ -44,12 +44,7 @@ start A false 1.0
 start Z true 0.0
 start B true 1.0
 start M true 1.0
-# Threads are named by the process: move M's exporter and log writer off the request core.
-for task in /proc/"${PID[M]}"/task/*; do
-  case "$(cat "$task/comm")" in
-    otel-export|log-writer) taskset -p -c 0 "$(basename "$task")" >/dev/null ;;
-  esac
-done
+move_export_threads "${PID[M]}" 0
 
 bench_routes
 HZ=$(getconf CLK_TCK)

@@ -1,5 +1,5 @@
-# Shared by overhead.sh and decompose.sh (sourced, not run): the processes a bench starts, the
-# servers it starts, and what it reads of them. Expects DB_URL, REDIS_URL, SINK_PORT and OUT.
+# Shared by overhead.sh, decompose.sh and sockets.sh (sourced, not run): the processes a bench
+# starts, the servers it starts, and what it reads of them. Expects DB_URL, REDIS_URL, SINK_PORT and OUT.
 
 # Every process started here is stopped when the script exits, however it exits.
 PIDS=()
@@ -28,6 +28,17 @@ start_sidechain() {
   done
   echo "$(basename "$0"): server $1 did not come up; see $OUT/$1.err" >&2
   exit 1
+}
+
+# move_export_threads PID CPU: the server's exporter and log writer (threads named by the
+# process) moved to CPU, off the request core: the M configuration of decompose.sh and sockets.sh.
+move_export_threads() {
+  local task
+  for task in /proc/"$1"/task/*; do
+    case "$(cat "$task/comm")" in
+      otel-export|log-writer) taskset -p -c "$2" "$(basename "$task")" >/dev/null ;;
+    esac
+  done
 }
 
 # CPU time (user + system, all threads) of a process, in clock ticks.

@@ -46,11 +46,7 @@ start_sidechain B "${PORT[B]}" true 1.0 "sidechain-bench:" info 1
 PID[B]=$SERVER_PID
 start_sidechain M "${PORT[M]}" true 1.0 "sidechain-bench:" info 1
 PID[M]=$SERVER_PID
-for task in /proc/"${PID[M]}"/task/*; do
-  case "$(cat "$task/comm")" in
-    otel-export|log-writer) taskset -p -c 0 "$(basename "$task")" >/dev/null ;;
-  esac
-done
+move_export_threads "${PID[M]}" 0
 bench_routes
 
 # One line of counters: the server's CPU ticks, the RES and CAL interrupts of each core, each
