@@ -113,6 +113,14 @@ fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
 }
 
+/// Alloy's configuration: its path (for messages), its tokens and its blocks.
+fn alloy_config() -> (&'static str, Vec<alloy::Token>, Vec<alloy::Block>) {
+    let file = "observability/alloy/config.alloy";
+    let tokens = alloy::tokenize(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let blocks = alloy::parse(&tokens).unwrap_or_else(|e| panic!("{file}: {e}"));
+    (file, tokens, blocks)
+}
+
 fn read(relative: &str) -> String {
     let path = repo_path(relative);
     fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
@@ -869,9 +877,7 @@ fn promtail_ships_only_the_backend_container_with_service_and_level_labels() {
 
 #[test]
 fn alloy_config_is_balanced_and_ships_only_the_backend_container() {
-    let file = "observability/alloy/config.alloy";
-    let tokens = alloy::tokenize(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let blocks = alloy::parse(&tokens).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let (file, tokens, blocks) = alloy_config();
 
     let component = |name: &str, label: &str| {
         blocks
@@ -2248,9 +2254,7 @@ fn tempo_exemplars_carry_a_label_grafana_links_to_tempo() {
 /// time + 1 ns (`fudge`, the default of both shippers' timestamp stage).
 #[test]
 fn log_shippers_keep_dockers_time_for_lines_without_ts() {
-    let file = "observability/alloy/config.alloy";
-    let tokens = alloy::tokenize(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let blocks = alloy::parse(&tokens).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let (file, _, blocks) = alloy_config();
     let process = blocks
         .iter()
         .find(|b| b.name == "loki.process")
@@ -2365,9 +2369,7 @@ fn relabel(
 /// IP: then a restart continues where the shipper stopped instead of re-reading the log.
 #[test]
 fn alloy_keeps_a_stable_target_for_the_backend_across_restarts() {
-    let file = "observability/alloy/config.alloy";
-    let tokens = alloy::tokenize(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-    let blocks = alloy::parse(&tokens).unwrap_or_else(|e| panic!("{file}: {e}"));
+    let (file, _, blocks) = alloy_config();
     let docker = blocks
         .iter()
         .find(|b| b.name == "discovery.docker")
