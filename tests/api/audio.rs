@@ -468,21 +468,27 @@ async fn the_mp3_is_served_with_ranges() {
     assert_eq!(cached.status(), StatusCode::NOT_MODIFIED);
 }
 
-#[tokio::test]
-async fn audio_not_yet_processed_is_409() {
-    // No workers in this process: the job stays queued.
+/// An app without workers (so a job stays queued) and a post of one user with its upload
+/// queued; returns the app and the post's id.
+async fn queued_upload(title: &str) -> (TestApp, String) {
     let app = spawn_app_with(|c| {
         c.set("AUDIO_WORKERS", "0");
     })
     .await;
     let user = app.register("producer").await;
-    let post = app.post_titled(&user, "waiting").await;
-    let id = post["id"].as_str().unwrap();
+    let post = app.post_titled(&user, title).await;
+    let id = post["id"].as_str().unwrap().to_owned();
     let response = app
-        .upload(&user, id, "audio/wav", sine_wav(0.5, 22_050, 1))
+        .upload(&user, &id, "audio/wav", sine_wav(0.5, 22_050, 1))
         .await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    assert_eq!(app.post_json_of(id).await["audio"]["status"], "pending");
+    (app, id)
+}
+
+#[tokio::test]
+async fn audio_not_yet_processed_is_409() {
+    let (app, id) = queued_upload("waiting").await;
+    assert_eq!(app.post_json_of(&id).await["audio"]["status"], "pending");
     let response = app.get(&format!("/api/v1/posts/{id}/audio")).await;
     assert_error(response, StatusCode::CONFLICT, "audio_not_ready").await;
     assert_error(
@@ -698,17 +704,7 @@ async fn a_second_upload_supersedes_the_first_and_delete_removes_the_files() {
 /// upload's transaction is `enqueue`'s two steps, written out.
 #[tokio::test]
 async fn a_job_ending_during_a_new_upload_does_not_deadlock() {
-    let app = spawn_app_with(|c| {
-        c.set("AUDIO_WORKERS", "0");
-    })
-    .await;
-    let user = app.register("producer").await;
-    let post = app.post_titled(&user, "raced").await;
-    let id = post["id"].as_str().unwrap();
-    let response = app
-        .upload(&user, id, "audio/wav", sine_wav(0.2, 8_000, 1))
-        .await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let (app, id) = queued_upload("raced").await;
     let post_id: Uuid = id.parse().unwrap();
 
     // The worker's side: the job claimed, as a worker does.
