@@ -243,18 +243,7 @@ async fn a_wav_upload_becomes_ready_in_the_uploads_trace() {
 
     // One trace: the upload's SERVER span is the parent of audio.process, an ancestor of every
     // stage; the job's queries are in it too.
-    let spans = app
-        .otlp
-        .wait_for_spans("the job's spans", |spans| {
-            spans
-                .iter()
-                .any(|s| s.trace_id == trace_id && s.name == "audio.process")
-        })
-        .await;
-    let trace: Vec<ReceivedSpan> = spans
-        .into_iter()
-        .filter(|s| s.trace_id == trace_id)
-        .collect();
+    let trace = app.otlp.trace_with(&trace_id, "audio.process").await;
     let server = trace
         .iter()
         .find(|s| s.span_id == server_span_id)
@@ -624,32 +613,15 @@ async fn garbage_with_an_audio_type_ends_failed_with_a_reason() {
     )
     .await;
 
-    let spans = app
-        .otlp
-        .wait_for_spans("the failed job", |spans| {
-            spans
-                .iter()
-                .any(|s| s.trace_id == trace_id && s.name == "audio.process")
-        })
-        .await;
-    let process = spans
-        .iter()
-        .find(|s| s.trace_id == trace_id && s.name == "audio.process")
-        .unwrap();
+    let spans = app.otlp.trace_with(&trace_id, "audio.process").await;
+    let process = spans.iter().find(|s| s.name == "audio.process").unwrap();
     assert_eq!(process.status_code, STATUS_ERROR);
     assert_eq!(process.status_message, reason);
-    let probe = spans
-        .iter()
-        .find(|s| s.trace_id == trace_id && s.name == "audio.probe")
-        .unwrap();
+    let probe = spans.iter().find(|s| s.name == "audio.probe").unwrap();
     assert_eq!(probe.status_code, STATUS_ERROR);
     assert_eq!(probe.parent_span_id, process.span_id);
     assert_eq!(probe.int("process.exit.code"), Some(1));
-    assert!(
-        !spans
-            .iter()
-            .any(|s| s.trace_id == trace_id && s.name == "audio.transcode")
-    );
+    assert!(!spans.iter().any(|s| s.name == "audio.transcode"));
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(
         metrics.contains("audio_jobs_total{outcome=\"failed\"} 1"),

@@ -229,11 +229,25 @@ impl OtlpReceiver {
     /// Waits for the complete trace whose root SERVER span has this trace id: the root has
     /// arrived and, since children end before their parent, so has every child.
     pub async fn trace(&self, trace_id: &str) -> Vec<ReceivedSpan> {
+        self.trace_when(trace_id, "its root", |s| s.kind == KIND_SERVER)
+            .await
+    }
+
+    /// Waits until the trace has a span named `name` (one that may end after the root, as a
+    /// background job's does), and returns the trace's spans received by then.
+    pub async fn trace_with(&self, trace_id: &str, name: &str) -> Vec<ReceivedSpan> {
+        self.trace_when(trace_id, name, |s| s.name == name).await
+    }
+
+    async fn trace_when(
+        &self,
+        trace_id: &str,
+        what: &str,
+        pred: impl Fn(&ReceivedSpan) -> bool,
+    ) -> Vec<ReceivedSpan> {
         let spans = self
-            .wait_for_spans(&format!("trace {trace_id}"), |spans| {
-                spans
-                    .iter()
-                    .any(|s| s.trace_id == trace_id && s.kind == KIND_SERVER)
+            .wait_for_spans(&format!("trace {trace_id} with {what}"), |spans| {
+                spans.iter().any(|s| s.trace_id == trace_id && pred(s))
             })
             .await;
         spans
