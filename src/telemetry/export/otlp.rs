@@ -726,7 +726,7 @@ mod tests {
     use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
     use prost::Message;
 
-    use super::super::reference::ReferenceEncoder;
+    use super::super::reference::{ReferenceEncoder, span_count};
     use super::*;
 
     /// xorshift64*: reproducible variety.
@@ -958,15 +958,6 @@ mod tests {
 
     fn decode(batch: &EncodedBatch) -> ExportTraceServiceRequest {
         ExportTraceServiceRequest::decode(batch.bytes.clone()).expect("a body that decodes")
-    }
-
-    fn span_count(request: &ExportTraceServiceRequest) -> usize {
-        request
-            .resource_spans
-            .iter()
-            .flat_map(|r| &r.scope_spans)
-            .map(|s| s.spans.len())
-            .sum()
     }
 
     /// Compares two spans a field at a time, so that a failure names the field; then whole,

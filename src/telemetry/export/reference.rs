@@ -165,7 +165,8 @@ impl ReferenceEncoder {
     }
 }
 
-fn span_count(request: &ExportTraceServiceRequest) -> usize {
+/// The spans in a request, over every resource and scope.
+pub(super) fn span_count(request: &ExportTraceServiceRequest) -> usize {
     request
         .resource_spans
         .iter()
