@@ -39,6 +39,17 @@ const MIGRATION_LOCK_ID: i64 = 0x5349_4445_4348_4149; // "SIDECHAI"
 
 type PgPool = Pool<InstrumentedManager>;
 
+/// `f` with a connection from the pool; a pool timeout is a 503.
+fn with_connection<T>(
+    pool: &PgPool,
+    f: impl FnOnce(&mut PgConnection) -> Result<T, AppError>,
+) -> Result<T, AppError> {
+    let mut conn = pool
+        .get()
+        .map_err(|e| AppError::unavailable("postgres", e))?;
+    f(&mut conn)
+}
+
 /// The database handle shared by all handlers.
 #[derive(Clone)]
 pub struct Db {
@@ -108,14 +119,9 @@ impl Db {
         T: Send + 'static,
     {
         let pool = self.pool.clone();
-        spawn_blocking_in_span(move || {
-            let mut conn = pool
-                .get()
-                .map_err(|e| AppError::unavailable("postgres", e))?;
-            f(&mut conn)
-        })
-        .await
-        .map_err(|e| AppError::internal("database task", e))?
+        spawn_blocking_in_span(move || with_connection(&pool, f))
+            .await
+            .map_err(|e| AppError::internal("database task", e))?
     }
 
     /// Like [`Db::run`], but the statements make no spans. For background polling only (the
@@ -128,12 +134,7 @@ impl Db {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
             let silent = tracing::subscriber::NoSubscriber::default();
-            tracing::subscriber::with_default(silent, || {
-                let mut conn = pool
-                    .get()
-                    .map_err(|e| AppError::unavailable("postgres", e))?;
-                f(&mut conn)
-            })
+            tracing::subscriber::with_default(silent, || with_connection(&pool, f))
         })
         .await
         .map_err(|e| AppError::internal("database task", e))?
