@@ -476,6 +476,27 @@ impl TestApp {
         self.create_post(user, json!({ "title": title })).await
     }
 
+    /// Postgres refuses new connections to the app's database and ends the open ones, so the
+    /// app's pool finds its connections broken: real 5xx, until [`TestApp::accept_database`].
+    pub fn refuse_database(&self) {
+        admin_sql(&format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
+            self.db_name
+        ));
+        admin_sql(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            self.db_name
+        ));
+    }
+
+    /// Postgres accepts connections to the app's database again.
+    pub fn accept_database(&self) {
+        admin_sql(&format!(
+            "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
+            self.db_name
+        ));
+    }
+
     /// Runs SQL directly against the app's database (behind the app's back).
     pub fn sql(&self, statement: &str) {
         let mut conn = PgConnection::establish(&self.db_url).expect("test database reachable");

@@ -8,7 +8,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{
-    RunningBinary, admin_sql, assert_error, poll, sidechain_command, spawn_app_with, wait_exit,
+    RunningBinary, assert_error, poll, sidechain_command, spawn_app_with, wait_exit,
 };
 
 #[test]
@@ -130,14 +130,7 @@ async fn a_database_outage_is_503_and_recovers() {
     let post = app.post_titled(&alice, "p").await;
     let path = format!("/api/v1/posts/{}", post["id"].as_str().unwrap());
 
-    admin_sql(&format!(
-        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
-        app.db_name
-    ));
-    admin_sql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-        app.db_name
-    ));
+    app.refuse_database();
     // Broken pooled connections are found and dropped; each request meanwhile is a 503.
     for _ in 0..4 {
         assert_error(
@@ -151,10 +144,7 @@ async fn a_database_outage_is_503_and_recovers() {
     assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(ready.json::<Value>().await.unwrap()["postgres"], "down");
 
-    admin_sql(&format!(
-        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
-        app.db_name
-    ));
+    app.accept_database();
     poll("recovery", || async {
         (app.get(&path).await.status() == StatusCode::OK).then_some(())
     })

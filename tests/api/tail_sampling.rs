@@ -17,7 +17,7 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{
-    KIND_CLIENT, KIND_SERVER, ReceivedSpan, STATUS_ERROR, TestApp, admin_sql, poll, poll_within,
+    KIND_CLIENT, KIND_SERVER, ReceivedSpan, STATUS_ERROR, TestApp, poll, poll_within,
     spawn_app_with, traceresponse,
 };
 
@@ -146,24 +146,14 @@ async fn failed_and_slow_traces_arrive_whole_and_everything_named_agrees() {
         kinds.insert(trace_id, kind);
     }
     // Real 5xx: Postgres refuses connections for a while.
-    admin_sql(&format!(
-        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
-        app.db_name
-    ));
-    admin_sql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-        app.db_name
-    ));
+    app.refuse_database();
     for _ in 0..5 {
         assert_eq!(
             app.get(&post_path).await.status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
     }
-    admin_sql(&format!(
-        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
-        app.db_name
-    ));
+    app.accept_database();
     poll("recovery", || async {
         (app.get(&post_path).await.status() == StatusCode::OK).then_some(())
     })

@@ -9,7 +9,7 @@ use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::helpers::{
-    KIND_CLIENT, KIND_SERVER, PASSWORD, ReceivedSpan, STATUS_ERROR, TestApp, admin_sql, spawn_app,
+    KIND_CLIENT, KIND_SERVER, PASSWORD, ReceivedSpan, STATUS_ERROR, TestApp, spawn_app,
     spawn_app_with, traceresponse,
 };
 
@@ -207,14 +207,7 @@ async fn a_server_error_marks_the_span_and_records_an_exception() {
     .await;
     let alice = app.register("alice").await;
     let post = app.post_titled(&alice, "p").await;
-    admin_sql(&format!(
-        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS false",
-        app.db_name
-    ));
-    admin_sql(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
-        app.db_name
-    ));
+    app.refuse_database();
 
     let response = app
         .get(&format!("/api/v1/posts/{}", post["id"].as_str().unwrap()))
@@ -247,10 +240,7 @@ async fn a_server_error_marks_the_span_and_records_an_exception() {
         assert_eq!(span.status_code, STATUS_ERROR, "{}", span.name);
         assert!(span.str("error.type").is_some());
     }
-    admin_sql(&format!(
-        "ALTER DATABASE \"{}\" ALLOW_CONNECTIONS true",
-        app.db_name
-    ));
+    app.accept_database();
 }
 
 #[tokio::test]
