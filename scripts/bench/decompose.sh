@@ -30,6 +30,7 @@ mkdir -p "$OUT"
 
 # shellcheck source=scripts/bench/lib.sh
 source scripts/bench/lib.sh
+require_tools wrk psql curl taskset python3
 
 taskset -c 0 target/release/examples/otlp_sink "127.0.0.1:$SINK_PORT" healthy >"$OUT/sink.log" 2>"$OUT/sink.err" &
 PIDS+=($!)

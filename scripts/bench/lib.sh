@@ -1,6 +1,18 @@
 # Shared by overhead.sh, decompose.sh and sockets.sh (sourced, not run): the processes a bench
 # starts, the servers it starts, and what it reads of them. Expects DB_URL, REDIS_URL, SINK_PORT and OUT.
 
+# require_tools TOOL...: exits with the Debian package to install for the first one missing.
+require_tools() {
+  local tool
+  declare -A package=([wrk]=wrk [psql]=postgresql-client [redis-cli]=redis-tools [curl]=curl
+    [taskset]=util-linux [python3]=python3 [perf]=linux-perf)
+  for tool in "$@"; do
+    command -v "$tool" >/dev/null && continue
+    echo "$(basename "$0"): $tool is needed (apt-get install -y ${package[$tool]:-$tool})" >&2
+    exit 1
+  done
+}
+
 # Every process started here is stopped when the script exits, however it exits.
 PIDS=()
 bench_cleanup() {

@@ -68,9 +68,9 @@ SERVER_CPU=1
 LOAD_CPU=0
 OUT="target/bench-overhead/$SINK_MODE"
 
-for tool in wrk psql redis-cli curl taskset python3; do
-  command -v "$tool" >/dev/null || { echo "overhead.sh: $tool is needed (apt-get install -y wrk postgresql-client redis-tools curl util-linux python3)" >&2; exit 1; }
-done
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
+require_tools wrk psql redis-cli curl taskset python3
 
 scripts/local-services.sh
 BIN_DIR=target/bench-overhead/bin
@@ -84,9 +84,6 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
-
-# shellcheck source=scripts/bench/lib.sh
-source scripts/bench/lib.sh
 
 # The sinks, one per traced server: one line per export request received (its body size) in
 # sink-B.log / sink-P.log, and the bodies themselves in bodies-B.bin / bodies-P.bin.

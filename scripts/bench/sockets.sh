@@ -30,10 +30,10 @@ SINK_PORT=14319
 OUT=target/bench-overhead/sockets
 rm -rf "$OUT"
 mkdir -p "$OUT"
-command -v perf >/dev/null || { echo "sockets.sh: perf is needed (apt-get install -y linux-perf)" >&2; exit 1; }
 
 # shellcheck source=scripts/bench/lib.sh
 source scripts/bench/lib.sh
+require_tools wrk perf psql curl taskset python3
 
 taskset -c 0 target/release/examples/otlp_sink "127.0.0.1:$SINK_PORT" healthy >"$OUT/sink.log" 2>"$OUT/sink.err" &
 PIDS+=($!)

@@ -49,9 +49,9 @@ SERVER_CPU=1
 LOAD_CPU=0
 OUT="target/bench-tail/$MODE"
 
-for tool in wrk psql redis-cli curl taskset python3; do
-  command -v "$tool" >/dev/null || { echo "tail.sh: $tool is needed" >&2; exit 1; }
-done
+# shellcheck source=scripts/bench/lib.sh
+source scripts/bench/lib.sh
+require_tools wrk psql redis-cli curl taskset python3
 
 scripts/local-services.sh
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
@@ -59,9 +59,6 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
 fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
-
-# shellcheck source=scripts/bench/lib.sh
-source scripts/bench/lib.sh
 
 redis_prefix="sidechain-bench14:"
 redis-cli -u "$REDIS_URL" --scan --pattern "${redis_prefix}*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null
