@@ -2152,7 +2152,7 @@ fn traces_to_metrics_queries_parse_with_and_without_the_span_tags() {
 
 /// Fix 3: every link of the Explore → trace → logs workflow opens Explore, which needs
 /// the `datasources:explore` permission: Editor and up (or the deprecated
-/// `viewers_can_edit`). The README says what an anonymous visitor may do.
+/// `viewers_can_edit`). docs/observability.md says what an anonymous visitor may do.
 #[test]
 fn anonymous_grafana_visitors_can_follow_the_links_and_the_readme_says_so() {
     let env = environment(service(&compose(), "grafana"));
@@ -2168,15 +2168,15 @@ fn anonymous_grafana_visitors_can_follow_the_links_and_the_readme_says_so() {
     let line = guide
         .lines()
         .find(|l| l.contains("| Grafana |"))
-        .expect("the README's Grafana row");
+        .expect("the Grafana row of docs/observability.md");
     assert!(
         line.contains(&format!("anonymous visitors are {role}s")),
-        "the README's Grafana row does not say anonymous visitors are {role}s: {line}"
+        "the Grafana row of docs/observability.md does not say anonymous visitors are {role}s: {line}"
     );
 }
 
 fn readme_guide() -> String {
-    let readme = read("README.md");
+    let readme = read("docs/observability.md");
     let start = readme
         .find("<!-- observability-guide:start -->")
         .expect("observability-guide:start");
@@ -2483,7 +2483,7 @@ fn promtail_selects_the_backend_by_compose_labels_in_the_docker_filter() {
 // The smaller things.
 // ---------------------------------------------------------------------------
 
-/// "Logs for this span" runs exactly the query the README shows.
+/// "Logs for this span" runs exactly the query docs/observability.md shows.
 #[test]
 fn traces_to_logs_runs_the_query_the_readme_shows() {
     let tempo = datasource("tempo");
@@ -2502,7 +2502,7 @@ fn traces_to_logs_runs_the_query_the_readme_shows() {
     assert_loki_labels(&shown, "tracesToLogsV2.query");
     assert!(
         readme_guide().contains(&format!("`{shown}`")),
-        "the README does not show the trace → logs query `{shown}`"
+        "docs/observability.md does not show the trace → logs query `{shown}`"
     );
 }
 
@@ -3074,12 +3074,12 @@ fn alert_notifications_go_to_the_dev_alertmanager() {
     let guide = readme_guide();
     assert!(
         guide.contains("localhost:9093"),
-        "the README does not say where alerts show"
+        "docs/observability.md does not say where alerts show"
     );
 }
 
 /// Loki 3.5 adds `detected_level` to every line unless `discover_log_levels: false`
-/// (`pkg/validation/limits.go`). Left on here; the README says what it holds.
+/// (`pkg/validation/limits.go`). Left on here; docs/observability.md says what it holds.
 #[test]
 fn loki_detected_level_is_a_documented_choice() {
     let file = "observability/loki/loki.yaml";
@@ -3092,6 +3092,6 @@ fn loki_detected_level_is_a_documented_choice() {
     assert_eq!(
         readme_guide().contains("`detected_level`"),
         discovers,
-        "{file}: discover_log_levels is {discovers}; the README must say so"
+        "{file}: discover_log_levels is {discovers}; docs/observability.md must say so"
     );
 }
