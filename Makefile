@@ -26,8 +26,8 @@ lint:
 
 # --- dev stack (docker compose) ---
 # dev-stack:start
-# The backend with Postgres, Redis and the observability stack; see README.md,
-# "Observability". LOG_SHIPPER picks the compose profile of the log shipper:
+# The backend with Postgres, Redis and the observability stack; see docs/observability.md,
+# "Starting the stack". LOG_SHIPPER picks the compose profile of the log shipper:
 # alloy (default) or promtail (end of life since 2026-03-02).
 LOG_SHIPPER ?= alloy
 OTHER_SHIPPER = $(filter-out $(LOG_SHIPPER),alloy promtail)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The schemathesis conformance run, in one place (README.md, "API conformance").
+# The schemathesis conformance run, in one place (docs/api.md, "API conformance").
 #
 #   scripts/schemathesis.sh install          create the virtualenv if missing (pinned version)
 #   scripts/schemathesis.sh run URL TOKEN    fuzz URL/api-docs/openapi.json with every check
