@@ -4,9 +4,10 @@
 #   scripts/schemathesis.sh install          create the virtualenv if missing (pinned version)
 #   scripts/schemathesis.sh run URL TOKEN    fuzz URL/api-docs/openapi.json with every check
 #
-# The virtualenv lives under target/ (CARGO_TARGET_DIR if set), so `cargo clean` removes it and
-# nothing lands in the work tree. The test suite (tests/api/conformance.rs) calls `run`; to re-run
-# by hand against a running service, register a user for a token, then:
+# The virtualenv and the run's working directory live under target/ (CARGO_TARGET_DIR if set),
+# so `cargo clean` removes them and nothing lands in the work tree. The test suite
+# (tests/api/conformance.rs) calls `run`; to re-run by hand against a running service, register
+# a user for a token, then:
 #   scripts/schemathesis.sh run http://127.0.0.1:8787 "$TOKEN"
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,7 @@ VERSION=4.32.5
 # today and one next month generate the same requests from the same seed.
 REQUIREMENTS=scripts/schemathesis-requirements.txt
 TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+case "$TARGET" in /*) ;; *) TARGET=$PWD/$TARGET ;; esac   # the run changes directory
 VENV="$TARGET/schemathesis-venv"
 ST="$VENV/bin/st"
 # Bounds keep the run at about three minutes on a 2-core machine. One worker: with two, Python
@@ -43,8 +45,13 @@ case "${1:-}" in
       exit 3
     fi
     # Hooks: serializers for the audio upload's media types (see the file).
-    export SCHEMATHESIS_HOOKS=scripts/schemathesis_hooks.py
-    exec "$ST" --config-file scripts/schemathesis.toml run "$url/api-docs/openapi.json" \
+    export SCHEMATHESIS_HOOKS=$PWD/scripts/schemathesis_hooks.py
+    CONFIG=$PWD/scripts/schemathesis.toml
+    # schemathesis writes its state (.schemathesis/) into the working directory even with its
+    # cache off: run it from under target/, so that nothing lands in the work tree.
+    mkdir -p "$TARGET/schemathesis-run"
+    cd "$TARGET/schemathesis-run"
+    exec "$ST" --config-file "$CONFIG" run "$url/api-docs/openapi.json" \
       --url "$url" \
       --checks all \
       --header "Authorization: Bearer $token" \
