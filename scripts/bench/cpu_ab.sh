@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Server CPU per request of a few builds side by side (BENCHMARKS.md, "The request path, issue 15
+# Server CPU per request of a few builds side by side (benches/history/issues-7-to-15.md, "The request path, issue 15
 # part 3"): the quick comparison used to judge one lever against the commit before it, when the
 # machine is too busy for throughput ratios. Each server on core 1 (one actix worker), wrk and
 # the sink on core 0, the servers alternated on every route and repetition; CPU time from

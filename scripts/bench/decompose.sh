@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Where the request-path cost of tracing goes (BENCHMARKS.md, "Where the overhead goes"): the
+# Where the request-path cost of tracing goes (benches/history/issues-7-to-15.md, "Where the overhead goes"): the
 # same load against four configurations of the release binary, alternated, CPU per request from
 # /proc/<pid>/stat:
 #   A  OTEL_ENABLED=false

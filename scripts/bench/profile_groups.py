@@ -8,7 +8,7 @@ PROFILE is the output of `perf script -F comm,tid,ip,sym` for a recording of the
 number of requests served while it recorded. Each sample goes to the first group below whose
 test it passes (the export and log threads by name; the rest by a frame anywhere in its stack),
 and each group is printed as CPU microseconds per request, one column per profile: compare an
-untraced and a traced server on the same route (BENCHMARKS.md, "Where the overhead goes").
+untraced and a traced server on the same route (benches/history/issues-7-to-15.md, "Where the overhead goes").
 
 With SPLIT=1 the "rest" (the application, actix and the kernel under them) is split further:
 user space; in the kernel, waking another task (`try_to_wake_up`; with or without an IPI sent to

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Why the same socket calls cost more in the traced server than in the untraced one
-# (BENCHMARKS.md, section 2, "The socket calls"). Three servers of the release binary, as in
+# (benches/history/issues-7-to-15.md, section 2, "The socket calls"). Three servers of the release binary, as in
 # decompose.sh, under the same load, alternated:
 #   A  OTEL_ENABLED=false
 #   B  OTEL_ENABLED=true, rate 1.0
