@@ -52,7 +52,8 @@ pub struct TelemetrySettings {
     pub export_deadline: Duration,
     /// `OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`.
     pub attribute_count_limit: usize,
-    /// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT` (`None`: unlimited, the spec's default).
+    /// `OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT`: 4096 characters by default (the specification's
+    /// default is unlimited, which a public service cannot afford: `telemetry::limits`).
     pub attribute_value_length_limit: Option<usize>,
     /// `OTEL_RESOURCE_ATTRIBUTES`, decoded.
     pub resource_attributes: Vec<(String, String)>,
@@ -128,12 +129,12 @@ impl TelemetrySettings {
             Some(raw) => parse_key_values("OTEL_RESOURCE_ATTRIBUTES", &raw)?,
         };
 
-        let attribute_value_length_limit = match env.get("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT") {
-            None => None,
-            Some(_) => {
-                Some(env.bounded("OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT", 0usize, 1, usize::MAX)?)
-            }
-        };
+        let attribute_value_length_limit = Some(env.bounded(
+            "OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT",
+            super::limits::DEFAULT_VALUE_LENGTH,
+            1,
+            usize::MAX,
+        )?);
 
         let tail_sampling = if env.bool("OTEL_TAIL_SAMPLING", false)? {
             Some(TailPolicy {

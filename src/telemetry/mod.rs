@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod end_at_close;
 pub mod export;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 #[cfg(feature = "peer-pipeline")]
@@ -78,6 +79,7 @@ impl Default for TelemetryOptions {
 /// Starts logging, metrics and (when enabled) tracing, and installs the global subscriber.
 pub fn init(settings: &Settings, options: TelemetryOptions) -> Result<Telemetry, TelemetryError> {
     let otel = &settings.telemetry;
+    limits::set_value_length(otel.attribute_value_length_limit);
     let (bridge, log_guard) =
         logging::init(&otel.service_name, settings.log_level, options.log_sink);
 

@@ -32,7 +32,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::errors::AppError;
-use crate::telemetry::{export, logging, metrics, propagation};
+use crate::telemetry::{export, limits, logging, metrics, propagation};
 
 /// Our `RootSpanBuilder`: contract names (CONTRACT.md §3) on the SERVER span.
 pub struct SidechainRootSpan;
@@ -87,9 +87,10 @@ impl RootSpanBuilder for SidechainRootSpan {
             otel.kind = "server",
             http.request.method = method,
             http.route = route.as_deref(),
-            url.path = request.path(),
+            // Both come from the client: cut before the span copies them (telemetry::limits).
+            url.path = limits::bounded(request.path()),
             client.address = client_address.as_deref(),
-            user_agent.original = user_agent,
+            user_agent.original = limits::bounded(user_agent),
             http.response.status_code = Empty,
             user.id = Empty,
             feed.type = Empty,

@@ -572,15 +572,10 @@ impl Writer {
         }
     }
 
-    /// Cuts a string to the value length limit, in characters, on a character boundary.
+    /// Cuts a string to the value length limit, in characters, on a character boundary
+    /// (counted in `otel_span_attributes_truncated_total`).
     fn cut<'a>(&self, s: &'a str) -> &'a str {
-        if let Some(limit) = self.limits.value_length
-            && s.len() > limit
-            && let Some((byte, _)) = s.char_indices().nth(limit)
-        {
-            return &s[..byte];
-        }
-        s
+        crate::telemetry::limits::counted_cut(s, self.limits.value_length)
     }
 }
 
