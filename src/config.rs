@@ -34,6 +34,7 @@ pub struct Settings {
     /// `LOGIN_MAX_FAILURES`: failed logins per account, and per client address, within 15
     /// minutes before login answers 429.
     pub login_max_failures: u32,
+    pub limits: LimitSettings,
     /// `TRACECONTEXT_TEST_ENDPOINT`: mounts `POST /test` for the W3C trace-context test suite.
     pub tracecontext_test_endpoint: bool,
     pub audio: AudioSettings,
@@ -55,6 +56,30 @@ pub struct AudioSettings {
     pub max_attempts: i32,
     /// `AUDIO_STAGE_TIMEOUT_S`: bound on each ffprobe/ffmpeg run.
     pub stage_timeout: Duration,
+    /// `AUDIO_MAX_DURATION_S`: longer audio fails in the probe stage (`too_long`); every
+    /// ffmpeg run is bounded to it.
+    pub max_duration: Duration,
+    /// `AUDIO_QUOTA_BYTES`: stored audio per user.
+    pub quota_bytes: u64,
+    /// `AUDIO_PENDING_PER_USER`: unfinished jobs per user.
+    pub pending_per_user: u32,
+}
+
+/// What a client meets (CONTRACT.md §1 "Limits"), apart from the audio ones.
+#[derive(Debug, Clone)]
+pub struct LimitSettings {
+    /// `PASSWORD_HASH_CONCURRENCY`: Argon2 runs at once (default: the number of CPUs).
+    pub password_hash_concurrency: usize,
+    /// `PASSWORD_HASH_WAIT_MS`: how long a request waits for a hashing slot before 503 `busy`.
+    pub password_hash_wait: Duration,
+    /// `REGISTER_MAX_PER_HOUR`: registrations per client address per hour.
+    pub register_max_per_hour: u32,
+    /// `REQUEST_BODY_IDLE_TIMEOUT_S`: a body that sends nothing this long is answered 408.
+    pub body_idle_timeout: Duration,
+    /// `TOKEN_MAX_PER_USER`: live tokens per user.
+    pub token_max_per_user: u32,
+    /// `TOKEN_PURGE_INTERVAL_S`: how often expired tokens are deleted (one replica at a time).
+    pub token_purge_interval: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -315,6 +340,19 @@ impl Settings {
             token_ttl: Duration::from_secs(env.bounded("TOKEN_TTL_DAYS", 30u64, 1, 3650)? * 86_400),
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_S", 30, 0, 3600)?,
             login_max_failures: env.bounded("LOGIN_MAX_FAILURES", 10u32, 1, 1_000_000)?,
+            limits: LimitSettings {
+                password_hash_concurrency: env.bounded(
+                    "PASSWORD_HASH_CONCURRENCY",
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    1,
+                    1024,
+                )?,
+                password_hash_wait: env.millis("PASSWORD_HASH_WAIT_MS", 2000, 0, 600_000)?,
+                register_max_per_hour: env.bounded("REGISTER_MAX_PER_HOUR", 20u32, 1, 1_000_000)?,
+                body_idle_timeout: env.seconds("REQUEST_BODY_IDLE_TIMEOUT_S", 10, 1, 3600)?,
+                token_max_per_user: env.bounded("TOKEN_MAX_PER_USER", 20u32, 1, 100_000)?,
+                token_purge_interval: env.seconds("TOKEN_PURGE_INTERVAL_S", 3600, 1, 604_800)?,
+            },
             tracecontext_test_endpoint: env.bool("TRACECONTEXT_TEST_ENDPOINT", false)?,
             audio: AudioSettings {
                 storage_dir: PathBuf::from(env.string("AUDIO_STORAGE_DIR", "./data/audio")),
@@ -323,6 +361,9 @@ impl Settings {
                 job_lease: env.seconds("AUDIO_JOB_LEASE_S", 60, 1, 86_400)?,
                 max_attempts: env.bounded("AUDIO_MAX_ATTEMPTS", 3i32, 1, 100)?,
                 stage_timeout: env.seconds("AUDIO_STAGE_TIMEOUT_S", 120, 1, 86_400)?,
+                max_duration: env.seconds("AUDIO_MAX_DURATION_S", 1800, 1, 86_400)?,
+                quota_bytes: env.bounded("AUDIO_QUOTA_BYTES", 1u64 << 30, 1, 1 << 50)?,
+                pending_per_user: env.bounded("AUDIO_PENDING_PER_USER", 3u32, 1, 10_000)?,
             },
             telemetry: TelemetrySettings::from_source(env)?,
         })

@@ -47,14 +47,25 @@ pub enum AppError {
         code: &'static str,
         message: &'static str,
     },
+    /// 408: the request body sent nothing for `REQUEST_BODY_IDLE_TIMEOUT_S`; the connection is
+    /// closed with the answer.
+    RequestTimeout,
     /// 413.
     PayloadTooLarge,
+    /// 413: the upload would take the user's stored audio past `AUDIO_QUOTA_BYTES`.
+    AudioQuotaExceeded { quota_bytes: u64 },
     /// 415.
     UnsupportedMediaType,
     /// 416: the `Range` asked for lies outside a resource of `size` bytes.
     RangeNotSatisfiable { size: u64 },
-    /// 429: too many failed logins; `Retry-After` says when to try again.
-    TooManyRequests { retry_after_s: u64 },
+    /// 429: a rate limit was reached; `Retry-After` says when to try again.
+    TooManyRequests {
+        code: &'static str,
+        message: &'static str,
+        retry_after_s: u64,
+    },
+    /// 503 `busy`: every password-hashing slot stayed taken for `PASSWORD_HASH_WAIT_MS`.
+    Busy { retry_after_s: u64 },
     /// 503: a dependency the request needs is down.
     Unavailable {
         dependency: &'static str,
@@ -105,10 +116,13 @@ impl AppError {
             Self::NotFound(_) => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::Conflict { code, .. } => code,
+            Self::RequestTimeout => "request_timeout",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::AudioQuotaExceeded { .. } => "audio_quota_exceeded",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::RangeNotSatisfiable { .. } => "range_not_satisfiable",
-            Self::TooManyRequests { .. } => "too_many_requests",
+            Self::TooManyRequests { code, .. } => code,
+            Self::Busy { .. } => "busy",
             Self::Unavailable { .. } => "service_unavailable",
             Self::Internal { .. } => "internal_error",
         }
@@ -133,13 +147,19 @@ impl fmt::Display for AppError {
             Self::NotFound(what) => write!(f, "{what} not found"),
             Self::MethodNotAllowed => f.write_str("method not allowed on this route"),
             Self::Conflict { message, .. } => f.write_str(message),
+            Self::RequestTimeout => f.write_str("the request body stopped arriving"),
             Self::PayloadTooLarge => f.write_str("the request body is too large"),
+            Self::AudioQuotaExceeded { quota_bytes } => write!(
+                f,
+                "this upload would take your stored audio past its quota of {quota_bytes} bytes"
+            ),
             Self::UnsupportedMediaType => f.write_str("unsupported content type"),
             Self::RangeNotSatisfiable { size } => {
                 write!(f, "the range lies outside the {size} bytes of the resource")
             }
-            Self::TooManyRequests { .. } => {
-                f.write_str("too many failed logins; try again after Retry-After seconds")
+            Self::TooManyRequests { message, .. } => f.write_str(message),
+            Self::Busy { .. } => {
+                f.write_str("the server is busy; try again after Retry-After seconds")
             }
             Self::Unavailable { dependency, .. } => {
                 write!(f, "a backing service ({dependency}) is unavailable")
@@ -184,10 +204,14 @@ impl ResponseError for AppError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict { .. } => StatusCode::CONFLICT,
-            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::PayloadTooLarge | Self::AudioQuotaExceeded { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -211,8 +235,13 @@ impl ResponseError for AppError {
         };
         let mut response = HttpResponse::build(self.status_code());
         match self {
-            Self::TooManyRequests { retry_after_s } => {
+            Self::TooManyRequests { retry_after_s, .. } | Self::Busy { retry_after_s } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_s.max(&1).to_string()));
+            }
+            Self::RequestTimeout => {
+                // The rest of the body may still come, or never: the connection cannot be
+                // read from any further in step with the client.
+                response.force_close();
             }
             Self::Unavailable { .. } => {
                 response
@@ -268,6 +297,11 @@ impl From<actix_web::error::JsonPayloadError> for AppError {
                 AppError::bad_request("invalid_body", format!("invalid JSON body: {e}"))
             }
             E::Payload(actix_web::error::PayloadError::Overflow) => AppError::PayloadTooLarge,
+            E::Payload(actix_web::error::PayloadError::Io(ref e))
+                if e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                AppError::RequestTimeout
+            }
             other => AppError::bad_request("invalid_body", format!("unreadable body: {other}")),
         }
     }

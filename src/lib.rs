@@ -5,6 +5,7 @@ pub mod config;
 pub mod db;
 pub mod domain;
 pub mod errors;
+pub mod maintenance;
 pub mod routes;
 pub mod startup;
 pub mod telemetry;

@@ -13,6 +13,7 @@ use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::audio::ffmpeg::Toolchain;
+use crate::audio::jobs::UploadLimits;
 use crate::audio::{AudioRunner, AudioService, AudioStorage};
 use crate::cache::Cache;
 use crate::cache::feed::FeedCache;
@@ -21,13 +22,31 @@ use crate::clients::recommender::RecommenderClient;
 use crate::config::Settings;
 use crate::db::{Db, DbStartupError};
 use crate::errors::AppError;
-use crate::routes::throttle::LoginThrottle;
+use crate::maintenance::TokenPurge;
+use crate::routes::body_idle::{BodyIdleTimeout, bound_body_idle};
+use crate::routes::hashing::PasswordHashing;
+use crate::routes::throttle::{LoginThrottle, RegisterThrottle};
 use crate::routes::{self, AppState};
 use crate::telemetry::logging;
 use crate::telemetry::root_span::{SidechainRootSpan, traceresponse_header};
 
 /// The request body limit (CONTRACT.md §2).
 pub const BODY_LIMIT: usize = 256 * 1024;
+
+/// Open connections one worker thread accepts before it stops accepting (actix-web's default is
+/// 25,000; with one worker per core this bounds sockets and their buffers per process).
+pub const MAX_CONNECTIONS_PER_WORKER: usize = 10_000;
+
+/// How long an idle keep-alive connection stays open. Longer than the idle timeout of common
+/// load balancers (60 s), so that the balancer, not the backend, closes idle connections and
+/// never sends a request on one the backend is closing.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
+
+/// The time a client has to send a request's head (actix-web's default is 5 s).
+pub const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The time a connection has to close after its last response.
+pub const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Bound on outgoing calls that set no timeout of their own.
 const HTTP_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,6 +62,8 @@ pub enum StartupError {
     HttpClient(#[from] reqwest::Error),
     #[error("could not listen on BIND_ADDR: {0}")]
     Bind(#[from] std::io::Error),
+    #[error("could not start the password-hashing threads: {0}")]
+    HashingThreads(std::io::Error),
     #[error("could not create AUDIO_STORAGE_DIR {path:?}: {source}")]
     AudioStorage {
         path: std::path::PathBuf,
@@ -55,6 +76,7 @@ pub struct Application {
     port: u16,
     server: Server,
     audio_runner: AudioRunner,
+    token_purge: TokenPurge,
 }
 
 impl Application {
@@ -74,7 +96,11 @@ impl Application {
                 source,
             }
         })?;
-        let audio = AudioService::new(storage, settings.audio.max_bytes);
+        let limits = UploadLimits {
+            quota_bytes: settings.audio.quota_bytes,
+            pending_per_user: settings.audio.pending_per_user,
+        };
+        let audio = AudioService::new(storage, settings.audio.max_bytes, limits);
         let tools = Toolchain::detect().await;
         if let Some(program) = tools.missing() {
             slog::warn!(logging::logger(),
@@ -83,10 +109,21 @@ impl Application {
         }
         let feeds = FeedCache::new(cache.clone(), settings.feed_cache_ttl);
         let audio_runner = AudioRunner::start(&db, &feeds, &audio, &settings.audio, tools);
+        let token_purge = TokenPurge::start(&db, settings.limits.token_purge_interval);
         let state = AppState {
             db,
             feeds,
             login_throttle: LoginThrottle::new(cache.clone(), settings.login_max_failures),
+            register_throttle: RegisterThrottle::new(
+                cache.clone(),
+                settings.limits.register_max_per_hour,
+            ),
+            password_hashing: PasswordHashing::new(
+                settings.limits.password_hash_concurrency,
+                settings.limits.password_hash_wait,
+            )
+            .map_err(StartupError::HashingThreads)?,
+            token_max_per_user: settings.limits.token_max_per_user,
             cache,
             recommender,
             http,
@@ -97,6 +134,7 @@ impl Application {
         let listener = TcpListener::bind(settings.bind_addr)?;
         let address = listener.local_addr()?;
         let test_endpoint = settings.tracecontext_test_endpoint;
+        let body_idle = BodyIdleTimeout(settings.limits.body_idle_timeout);
         let state = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
@@ -105,7 +143,9 @@ impl Application {
                 .app_data(query_config())
                 .app_data(path_config())
                 .app_data(web::PayloadConfig::new(BODY_LIMIT))
+                .app_data(body_idle)
                 // Inner first: `traceresponse` is added inside the root span, to the JSON 405 too.
+                .wrap(from_fn(bound_body_idle))
                 .wrap(from_fn(json_method_not_allowed))
                 .wrap(from_fn(traceresponse_header))
                 .wrap(TracingLogger::<SidechainRootSpan>::new())
@@ -113,6 +153,13 @@ impl Application {
                 .default_service(web::to(not_found))
         })
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        // Bounds on what idle or slow clients hold (README, "Limits"): connections per worker,
+        // an idle keep-alive connection, the time to send a request head, and the time to
+        // close after the response. A stalled body is bounded by `bound_body_idle`.
+        .max_connections(MAX_CONNECTIONS_PER_WORKER)
+        .keep_alive(KEEP_ALIVE)
+        .client_request_timeout(REQUEST_HEAD_TIMEOUT)
+        .client_disconnect_timeout(DISCONNECT_TIMEOUT)
         .listen(listener)?
         .run();
         slog::info!(logging::logger(), "listening"; "address" => %address);
@@ -120,6 +167,7 @@ impl Application {
             port: address.port(),
             server,
             audio_runner,
+            token_purge,
         })
     }
 
@@ -131,6 +179,7 @@ impl Application {
     /// server handle; then stops the audio workers, which give their jobs back to the queue.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
+        self.token_purge.stop();
         self.audio_runner.stop().await;
         served
     }

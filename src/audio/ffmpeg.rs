@@ -2,9 +2,18 @@
 //!
 //! ```text
 //!  probe      ffprobe -print_format json ─▶ duration, sample rate, channels, format
-//!  transcode  ffmpeg ─▶ libmp3lame 128 kb/s ─▶ <upload>.mp3.part
-//!  waveform   ffmpeg ─▶ mono f32le PCM on stdout ─▶ PeakAccumulator (streamed) ─▶ 200 peaks
+//!  transcode  ffmpeg ─▶ libmp3lame 128 kb/s, no metadata, at most AUDIO_MAX_DURATION_S ─▶ <upload>.<n>.part
+//!  waveform   ffmpeg ─▶ mono f32le PCM at 8 kHz on stdout ─▶ PeakAccumulator (streamed) ─▶ 200 peaks
 //! ```
+//!
+//! **What ffmpeg is allowed to read.** ffmpeg guesses a file's format from its bytes, and some
+//! formats name other files: an HLS playlist uploaded as `audio/wav` would be read as HLS and
+//! its segments fetched. So every run is told the demuxer of the declared type (`-f`, from
+//! [`Demuxer::for_type`]), may open local files only (`-protocol_whitelist file`), and is given
+//! paths with the `file:` prefix (a path is never taken for a URL). The output carries none of
+//! the upload's metadata tags (`-map_metadata -1`): a FLAC's title would otherwise become the
+//! public MP3's `TIT2`. Every run reads at most `AUDIO_MAX_DURATION_S` of audio (`-t`), so a
+//! file whose header lies about its length still cannot inflate.
 //!
 //! Every child is spawned with `kill_on_drop`, and every run is a future under
 //! `tokio::time::timeout`: past the bound the future is dropped, which kills the child. A worker
@@ -14,7 +23,7 @@
 //! Error reasons are meant for the uploader: short, without server paths, and with ffmpeg's own
 //! last word when it has one ("Invalid data found when processing input").
 
-use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::io;
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -38,6 +47,61 @@ const PEAK_CHUNK: usize = 64;
 /// Keep at most this much of a child's stderr (its last line is the reason given).
 const STDERR_KEEP: usize = 4096;
 
+/// The demuxer ffmpeg must use for an upload: the one of its declared `Content-Type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Demuxer(&'static str);
+
+impl Demuxer {
+    /// The demuxer of one of [`super::ACCEPTED_TYPES`]; `None` for any other type.
+    pub fn for_type(content_type: &str) -> Option<Self> {
+        let name = match content_type {
+            "audio/wav" | "audio/x-wav" => "wav",
+            "audio/mpeg" => "mp3",
+            "audio/flac" => "flac",
+            "audio/ogg" => "ogg",
+            "audio/aiff" => "aiff",
+            _ => return None,
+        };
+        Some(Self(name))
+    }
+
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+/// What bounds every run on an upload.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// The child is killed past this (`AUDIO_STAGE_TIMEOUT_S`).
+    pub timeout: Duration,
+    /// Audio read at most (`AUDIO_MAX_DURATION_S`).
+    pub max_duration: Duration,
+}
+
+/// Arguments that restrict what ffmpeg/ffprobe read: local files only, in the declared format.
+fn input_args(demuxer: Demuxer, input: &Path) -> Vec<OsString> {
+    vec![
+        "-protocol_whitelist".into(),
+        "file".into(),
+        "-f".into(),
+        demuxer.as_str().into(),
+        "-i".into(),
+        file_url(input),
+    ]
+}
+
+/// `file:<path>`: ffmpeg never takes it for another protocol, whatever the path holds.
+fn file_url(path: &Path) -> OsString {
+    let mut url = OsString::from("file:");
+    url.push(path.as_os_str());
+    url
+}
+
+/// Sample rate of the waveform's decode: the peaks of 200 buckets need no more, and decoding
+/// an hour at 8 kHz costs a fraction of decoding it at 48 kHz.
+const WAVEFORM_RATE: &str = "8000";
+
 /// Why a stage failed.
 #[derive(Debug, Clone)]
 pub struct StageError {
@@ -50,7 +114,8 @@ pub struct StageError {
 }
 
 impl StageError {
-    fn input(reason: impl Into<String>, exit_code: Option<i32>) -> Self {
+    /// A fault of the input: another attempt would fail the same way.
+    pub fn input(reason: impl Into<String>, exit_code: Option<i32>) -> Self {
         Self {
             reason: reason.into(),
             exit_code,
@@ -137,20 +202,25 @@ struct ProbeFormat {
     duration: Option<String>,
 }
 
-/// Reads duration, sample rate, channels and container of `input`.
-pub async fn probe(input: &Path, timeout: Duration) -> Result<(Probe, Option<i32>), StageError> {
-    let args: [&OsStr; 10] = [
-        "-v".as_ref(),
-        "error".as_ref(),
-        "-print_format".as_ref(),
-        "json".as_ref(),
-        "-show_entries".as_ref(),
-        "format=format_name,duration:stream=sample_rate,channels,duration".as_ref(),
-        "-select_streams".as_ref(),
-        "a:0".as_ref(),
-        "-i".as_ref(),
-        input.as_os_str(),
-    ];
+/// Reads duration, sample rate, channels and container of `input`, read as `demuxer`.
+pub async fn probe(
+    input: &Path,
+    demuxer: Demuxer,
+    timeout: Duration,
+) -> Result<(Probe, Option<i32>), StageError> {
+    let mut args: Vec<OsString> = [
+        "-v",
+        "error",
+        "-print_format",
+        "json",
+        "-show_entries",
+        "format=format_name,duration:stream=sample_rate,channels,duration",
+        "-select_streams",
+        "a:0",
+    ]
+    .map(OsString::from)
+    .into();
+    args.extend(input_args(demuxer, input));
     let output = run("ffprobe", &args, timeout).await?;
     let code = output.status.code();
     if !output.status.success() {
@@ -198,32 +268,38 @@ fn parse_probe(stdout: &[u8]) -> Result<Probe, String> {
     })
 }
 
-/// Transcodes the first audio stream of `input` to an MP3 at 128 kb/s in `output`.
+/// Transcodes the first audio stream of `input` to an MP3 at 128 kb/s in `output`: at most
+/// `bounds.max_duration` of it, without the input's metadata.
 pub async fn transcode(
     input: &Path,
+    demuxer: Demuxer,
     output: &Path,
-    timeout: Duration,
+    bounds: Bounds,
 ) -> Result<Option<i32>, StageError> {
-    let args: [&OsStr; 17] = [
-        "-nostdin".as_ref(),
-        "-hide_banner".as_ref(),
-        "-v".as_ref(),
-        "error".as_ref(),
-        "-y".as_ref(),
-        "-i".as_ref(),
-        input.as_os_str(),
-        "-map".as_ref(),
-        "0:a:0".as_ref(),
-        "-vn".as_ref(),
-        "-c:a".as_ref(),
-        "libmp3lame".as_ref(),
-        "-b:a".as_ref(),
-        "128k".as_ref(),
-        "-f".as_ref(),
-        "mp3".as_ref(),
-        output.as_os_str(),
-    ];
-    let output_run = run("ffmpeg", &args, timeout).await?;
+    let mut args: Vec<OsString> = ["-nostdin", "-hide_banner", "-v", "error", "-y"]
+        .map(OsString::from)
+        .into();
+    args.extend(input_args(demuxer, input));
+    args.extend(
+        [
+            "-t",
+            &bounds.max_duration.as_secs().to_string(),
+            "-map",
+            "0:a:0",
+            "-map_metadata",
+            "-1",
+            "-vn",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "128k",
+            "-f",
+            "mp3",
+        ]
+        .map(OsString::from),
+    );
+    args.push(file_url(output));
+    let output_run = run("ffmpeg", &args, bounds.timeout).await?;
     let code = output_run.status.code();
     if !output_run.status.success() {
         return Err(StageError::input(
@@ -238,22 +314,30 @@ pub async fn transcode(
 }
 
 /// The waveform of `input`: [`WAVEFORM_PEAKS`] absolute peaks in 0.0–1.0, from the decoded
-/// PCM (mono, 32-bit float), streamed from ffmpeg's stdout, never held whole.
+/// PCM (mono, 32-bit float, [`WAVEFORM_RATE`]), streamed from ffmpeg's stdout, never held
+/// whole; at most `bounds.max_duration` of it.
 pub async fn waveform(
     input: &Path,
-    timeout: Duration,
+    demuxer: Demuxer,
+    bounds: Bounds,
 ) -> Result<(Vec<f32>, Option<i32>), StageError> {
+    let timeout = bounds.timeout;
     let input = input.to_owned();
+    let max_seconds = bounds.max_duration.as_secs().to_string();
     let work = async move {
         let mut child = Command::new("ffmpeg")
-            .args(["-nostdin", "-hide_banner", "-v", "error", "-i"])
-            .arg(&input)
+            .args(["-nostdin", "-hide_banner", "-v", "error"])
+            .args(input_args(demuxer, &input))
             .args([
+                "-t",
+                &max_seconds,
                 "-map",
                 "0:a:0",
                 "-vn",
                 "-ac",
                 "1",
+                "-ar",
+                WAVEFORM_RATE,
                 "-c:a",
                 "pcm_f32le",
                 "-f",
@@ -372,7 +456,7 @@ impl PeakAccumulator {
 /// Runs a program to completion under the timeout, stdout and stderr captured.
 async fn run(
     program: &'static str,
-    args: &[&OsStr],
+    args: &[OsString],
     timeout: Duration,
 ) -> Result<Output, StageError> {
     let child = Command::new(program)
@@ -435,7 +519,9 @@ fn last_line(stderr: &[u8], input: &Path) -> String {
     if let Some(dir) = input.parent().map(|d| d.to_string_lossy().into_owned())
         && !dir.is_empty()
     {
-        text = text.replace(&format!("{dir}/"), "");
+        text = text
+            .replace(&format!("file:{dir}/"), "")
+            .replace(&format!("{dir}/"), "");
     }
     let path = input
         .file_name()
@@ -462,6 +548,31 @@ fn last_line(stderr: &[u8], input: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_accepted_type_has_its_demuxer_and_reads_local_files_only() {
+        for content_type in super::super::ACCEPTED_TYPES {
+            let demuxer = Demuxer::for_type(content_type).expect(content_type);
+            let args = input_args(demuxer, Path::new("/srv/audio/p/u.src"));
+            let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+            assert_eq!(
+                args,
+                [
+                    "-protocol_whitelist",
+                    "file",
+                    "-f",
+                    demuxer.as_str(),
+                    "-i",
+                    "file:/srv/audio/p/u.src"
+                ]
+            );
+        }
+        assert_eq!(
+            Demuxer::for_type("audio/wav"),
+            Demuxer::for_type("audio/x-wav")
+        );
+        assert_eq!(Demuxer::for_type("application/vnd.apple.mpegurl"), None);
+    }
 
     #[test]
     fn peaks_cover_the_stream_evenly() {
@@ -522,5 +633,7 @@ mod tests {
             path,
         );
         assert_eq!(reason, "Error opening output u.2.part: No space");
+        let reason = last_line(b"file:/srv/audio/p/u.src: Invalid data found\n", path);
+        assert_eq!(reason, "Invalid data found");
     }
 }

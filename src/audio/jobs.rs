@@ -1,8 +1,10 @@
 //! The durable queue of audio jobs: a Postgres table, no broker.
 //!
 //! ```text
-//!  upload ─▶ enqueue: post `pending`, job `queued` (one transaction; an older job `cancelled`)
-//!  worker ─▶ claim: FOR UPDATE SKIP LOCKED, `running`, attempts + 1, lease = now + AUDIO_JOB_LEASE_S
+//!  upload ─▶ enqueue: quota and pending limit checked, post `pending`, job `queued`
+//!           (one transaction, the author's row locked; an older job of the post `cancelled`)
+//!  worker ─▶ claim: the oldest job of the author with the fewest running jobs,
+//!           FOR UPDATE SKIP LOCKED, `running`, attempts + 1, lease = now + AUDIO_JOB_LEASE_S
 //!           ─▶ renew the lease while the stages run
 //!           ─▶ finish: job `done` + post `ready`  |  fail: `failed` + reason  |  retry: `queued`
 //!  a worker that dies stops renewing ─▶ lease expires ─▶ any worker's claim takes the job again
@@ -27,8 +29,83 @@ use uuid::Uuid;
 use super::AudioStatus;
 use super::ffmpeg::Probe;
 use crate::db::models::PostAudio;
-use crate::db::schema::{audio_jobs, posts};
+use crate::db::schema::{audio_jobs, posts, users};
 use crate::errors::AppError;
+use crate::telemetry::metrics::{self, Refusal};
+
+/// The per-user limits an upload is checked against (CONTRACT.md §1 "Limits").
+#[derive(Debug, Clone, Copy)]
+pub struct UploadLimits {
+    /// `AUDIO_QUOTA_BYTES`: stored audio per user.
+    pub quota_bytes: u64,
+    /// `AUDIO_PENDING_PER_USER`: unfinished jobs per user.
+    pub pending_per_user: u32,
+}
+
+/// How long a client refused for too many unfinished jobs is asked to wait: about one short
+/// job's processing.
+pub const PENDING_RETRY_AFTER_S: u64 = 30;
+
+/// What the user's other uploads hold now: bytes stored and jobs unfinished.
+#[derive(Debug, Clone, Copy, QueryableByName)]
+pub struct Holdings {
+    /// Stored audio of the user's posts other than this one: the processed MP3 of a `ready`
+    /// post, the source of a `pending` or `processing` one (a source is removed once its job
+    /// is `ready` or `failed`).
+    #[diesel(sql_type = BigInt)]
+    pub stored_bytes: i64,
+    /// The user's jobs queued or running, for posts other than this one (a new upload to this
+    /// post cancels its open job).
+    #[diesel(sql_type = BigInt)]
+    pub unfinished_jobs: i64,
+}
+
+impl Holdings {
+    /// Bytes this upload may still take under `quota`.
+    pub fn room(&self, quota: u64) -> u64 {
+        quota.saturating_sub(u64::try_from(self.stored_bytes).unwrap_or(u64::MAX))
+    }
+
+    /// The refusal for one more upload of `bytes` (`None`: not known yet, the body streams),
+    /// if any.
+    pub fn refuse(&self, limits: UploadLimits, bytes: Option<u64>) -> Option<AppError> {
+        if self.unfinished_jobs >= i64::from(limits.pending_per_user) {
+            metrics::request_refused(Refusal::AudioPending);
+            return Some(AppError::TooManyRequests {
+                code: "audio_pending_limit",
+                message: "too many uploads are still being processed; try again after Retry-After seconds",
+                retry_after_s: PENDING_RETRY_AFTER_S,
+            });
+        }
+        if bytes.is_some_and(|b| b > self.room(limits.quota_bytes)) {
+            metrics::request_refused(Refusal::AudioQuota);
+            return Some(AppError::AudioQuotaExceeded {
+                quota_bytes: limits.quota_bytes,
+            });
+        }
+        None
+    }
+}
+
+/// What `user`'s uploads to posts other than `post_id` hold.
+pub fn holdings(conn: &mut PgConnection, user: Uuid, post_id: Uuid) -> QueryResult<Holdings> {
+    diesel::sql_query(
+        "SELECT \
+           (SELECT coalesce(sum(CASE p.audio_status \
+                      WHEN 'ready' THEN coalesce(p.audio_bytes, 0) \
+                      WHEN 'pending' THEN coalesce(j.source_bytes, 0) \
+                      WHEN 'processing' THEN coalesce(j.source_bytes, 0) \
+                      ELSE 0 END), 0)::bigint \
+            FROM posts p LEFT JOIN audio_jobs j ON j.id = p.audio_upload_id \
+            WHERE p.author_id = $1 AND p.id <> $2) AS stored_bytes, \
+           (SELECT count(*) FROM audio_jobs \
+            WHERE author_id = $1 AND post_id <> $2 AND state IN ('queued', 'running')) \
+             AS unfinished_jobs",
+    )
+    .bind::<SqlUuid, _>(user)
+    .bind::<SqlUuid, _>(post_id)
+    .get_result(conn)
+}
 
 /// A new upload, as the PUT handler records it.
 #[derive(Debug, Clone)]
@@ -65,12 +142,28 @@ pub fn post_audio(conn: &mut PgConnection, post_id: Uuid) -> Result<PostAudio, A
 
 /// Marks the post `pending` and queues its job in one transaction; the post's earlier job, if
 /// still open, is cancelled. Returns the superseded upload, whose files the caller removes.
+///
+/// The limits are checked again here, with the author's row locked (`FOR NO KEY UPDATE`, which
+/// the foreign-key checks of other writes do not wait for), so that concurrent uploads of one
+/// user cannot each pass the handler's early check and together exceed them. Lock order:
+/// author, post, then the post's jobs.
 pub fn enqueue(
     conn: &mut PgConnection,
     requester: Uuid,
     upload: &NewUpload,
+    limits: UploadLimits,
 ) -> Result<Option<Uuid>, AppError> {
     conn.transaction(|conn| {
+        users::table
+            .find(requester)
+            .select(users::id)
+            .for_no_key_update()
+            .first::<Uuid>(conn)?;
+        let held = holdings(conn, requester, upload.post_id)?;
+        let bytes = u64::try_from(upload.source_bytes).unwrap_or(u64::MAX);
+        if let Some(refusal) = held.refuse(limits, Some(bytes)) {
+            return Err(refusal);
+        }
         // The row lock orders concurrent uploads to one post: each sees the one before it.
         let (author, previous): (Uuid, Option<Uuid>) = posts::table
             .find(upload.post_id)
@@ -99,6 +192,7 @@ pub fn enqueue(
             .values((
                 audio_jobs::id.eq(upload.upload_id),
                 audio_jobs::post_id.eq(upload.post_id),
+                audio_jobs::author_id.eq(requester),
                 audio_jobs::source_type.eq(&upload.source_type),
                 audio_jobs::source_bytes.eq(upload.source_bytes),
                 audio_jobs::traceparent.eq(&upload.traceparent),
@@ -145,15 +239,21 @@ pub struct ClaimedJob {
     pub tracestate: Option<String>,
 }
 
-/// Claims the oldest job that is queued, or running under an expired lease.
+/// Claims a job that is queued, or running under an expired lease: the oldest job of the
+/// author with the fewest jobs running now, so that one user's backlog cannot hold everyone
+/// else's uploads (a first-in-first-out queue let it).
 pub fn claim(conn: &mut PgConnection, lease: Duration) -> QueryResult<Option<ClaimedJob>> {
     diesel::sql_query(
         "UPDATE audio_jobs j \
          SET state = 'running', attempts = j.attempts + 1, \
              leased_until = now() + make_interval(secs => $1), updated_at = now() \
-         FROM (SELECT a.id, p.author_id FROM audio_jobs a JOIN posts p ON p.id = a.post_id \
+         FROM (SELECT a.id, a.author_id FROM audio_jobs a \
+               LEFT JOIN (SELECT author_id, count(*) AS n FROM audio_jobs \
+                          WHERE state = 'running' AND leased_until >= now() \
+                          GROUP BY author_id) busy ON busy.author_id = a.author_id \
                WHERE a.state = 'queued' OR (a.state = 'running' AND a.leased_until < now()) \
-               ORDER BY a.created_at LIMIT 1 FOR UPDATE OF a SKIP LOCKED) next \
+               ORDER BY coalesce(busy.n, 0), a.created_at \
+               LIMIT 1 FOR UPDATE OF a SKIP LOCKED) next \
          WHERE j.id = next.id \
          RETURNING j.id, j.post_id, next.author_id, j.attempts, j.source_type, j.source_bytes, \
                    j.traceparent, j.tracestate",

@@ -79,14 +79,17 @@ pub struct AudioService {
     pub storage: AudioStorage,
     /// `AUDIO_MAX_BYTES`.
     pub max_bytes: u64,
+    /// `AUDIO_QUOTA_BYTES` and `AUDIO_PENDING_PER_USER`.
+    pub limits: jobs::UploadLimits,
     wake: Arc<Notify>,
 }
 
 impl AudioService {
-    pub fn new(storage: AudioStorage, max_bytes: u64) -> Self {
+    pub fn new(storage: AudioStorage, max_bytes: u64, limits: jobs::UploadLimits) -> Self {
         Self {
             storage,
             max_bytes,
+            limits,
             wake: Arc::new(Notify::new()),
         }
     }

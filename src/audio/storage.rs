@@ -38,6 +38,9 @@ pub enum ReceiveError {
     TooLarge(u64),
     #[error("the upload was interrupted: {0}")]
     Interrupted(String),
+    /// The body sent nothing for `REQUEST_BODY_IDLE_TIMEOUT_S` (`routes::body_idle`).
+    #[error("the upload stopped arriving")]
+    Stalled,
     #[error("could not store the upload: {0}")]
     Io(#[from] io::Error),
 }
@@ -87,7 +90,14 @@ impl AudioStorage {
             let mut file = tokio::fs::File::create(&path).await?;
             let mut total = 0u64;
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| ReceiveError::Interrupted(e.to_string()))?;
+                let chunk = chunk.map_err(|e| match e {
+                    actix_web::error::PayloadError::Io(io)
+                        if io.kind() == io::ErrorKind::TimedOut =>
+                    {
+                        ReceiveError::Stalled
+                    }
+                    other => ReceiveError::Interrupted(other.to_string()),
+                })?;
                 total += chunk.len() as u64;
                 if total > max_bytes {
                     drain(&mut body).await;

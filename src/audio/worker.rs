@@ -36,7 +36,7 @@ use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::ffmpeg::{self, MP3_BIT_RATE, StageError, Toolchain};
+use super::ffmpeg::{self, Bounds, Demuxer, MP3_BIT_RATE, StageError, Toolchain};
 use super::jobs::{self, ClaimedJob, Processed, Written};
 use super::{AudioService, AudioStorage};
 use crate::cache::feed::{FeedCache, FeedChange};
@@ -78,6 +78,7 @@ impl AudioRunner {
                     lease: settings.job_lease,
                     max_attempts: settings.max_attempts,
                     stage_timeout: settings.stage_timeout,
+                    max_duration: settings.max_duration,
                     tools: tools.clone(),
                     stop: stopped.clone(),
                 };
@@ -106,6 +107,7 @@ struct Worker {
     lease: Duration,
     max_attempts: i32,
     stage_timeout: Duration,
+    max_duration: Duration,
     tools: Toolchain,
     stop: watch::Receiver<bool>,
 }
@@ -289,6 +291,13 @@ impl Worker {
 
     async fn run_stages(&self, job: &ClaimedJob) -> Result<Written, StageError> {
         let timeout = self.stage_timeout;
+        let bounds = Bounds {
+            timeout,
+            max_duration: self.max_duration,
+        };
+        // Enqueued from ACCEPTED_TYPES only; a row written by hand with another type fails.
+        let demuxer = Demuxer::for_type(&job.source_type)
+            .ok_or_else(|| StageError::input("unsupported audio type", None))?;
         let source = self.storage.source_path(job.post_id, job.id);
         let partial = self
             .storage
@@ -296,8 +305,12 @@ impl Worker {
         let mp3 = self.storage.mp3_path(job.post_id, job.id);
 
         let span = stage_span(AudioStage::Probe, job.source_bytes);
-        let (probe, code) =
-            timed(AudioStage::Probe, &span, ffmpeg::probe(&source, timeout)).await?;
+        let (probe, code) = timed(AudioStage::Probe, &span, async {
+            let (probe, code) = ffmpeg::probe(&source, demuxer, timeout).await?;
+            check_duration(&probe, self.max_duration)?;
+            Ok((probe, code))
+        })
+        .await?;
         record_exit(&span, code);
         span.record("audio.duration_ms", probe.duration_ms);
         span.record("audio.sample_rate", i64::from(probe.sample_rate));
@@ -309,7 +322,7 @@ impl Worker {
 
         let span = stage_span(AudioStage::Transcode, job.source_bytes);
         let transcode = async {
-            let code = ffmpeg::transcode(&source, &partial, timeout).await?;
+            let code = ffmpeg::transcode(&source, demuxer, &partial, bounds).await?;
             let bytes = file_size(&partial).await?;
             Ok((code, bytes))
         };
@@ -330,7 +343,7 @@ impl Worker {
         let (waveform, code) = timed(
             AudioStage::Waveform,
             &span,
-            ffmpeg::waveform(&source, timeout),
+            ffmpeg::waveform(&source, demuxer, bounds),
         )
         .await?;
         record_exit(&span, code);
@@ -355,6 +368,10 @@ impl Worker {
         };
         let written = timed(AudioStage::Store, &span, store).await?;
         span.record("audio.output.bytes", mp3_bytes);
+        if written == Written::Done {
+            // The MP3 is what is served; the source would only hold quota and disk.
+            let _ = tokio::fs::remove_file(&source).await;
+        }
         Ok(written)
     }
 
@@ -387,6 +404,15 @@ impl Worker {
                     .await;
                 match written {
                     Ok(Written::Lost) => return self.lost(job).await,
+                    Ok(Written::Done) if !retry => {
+                        // Failed for good: nothing will read the source again, and it would
+                        // hold the author's quota.
+                        let source = self.storage.source_path(job.post_id, job.id);
+                        let _ = tokio::fs::remove_file(source).await;
+                        self.feeds
+                            .changed(job.author_id, FeedChange::PostChanged)
+                            .await
+                    }
                     Ok(Written::Done) => {
                         self.feeds
                             .changed(job.author_id, FeedChange::PostChanged)
@@ -441,6 +467,24 @@ impl Worker {
         slog::info!(logging::logger(), "audio job no longer ours";
             "audio.job.id" => %job.id, "post.id" => %job.post_id, "superseded" => superseded);
     }
+}
+
+/// The reason a job fails with when its audio lasts longer than `AUDIO_MAX_DURATION_S`; it
+/// starts with the code `too_long`.
+fn check_duration(probe: &ffmpeg::Probe, max: Duration) -> Result<(), StageError> {
+    let max_ms = i64::try_from(max.as_millis()).unwrap_or(i64::MAX);
+    if probe.duration_ms > max_ms {
+        return Err(StageError {
+            reason: format!(
+                "too_long: the audio lasts {} s; at most {} s are accepted",
+                (probe.duration_ms + 999) / 1000,
+                max.as_secs()
+            ),
+            exit_code: None,
+            transient: false,
+        });
+    }
+    Ok(())
 }
 
 /// A child span of the job, named `audio.{stage}`.

@@ -8,7 +8,8 @@
 //! | `feed:changed:all` | clock value of the last change every page depends on (a deleted post) | post deletion |
 //! | `feed:changed:user:{user}` | clock value of that user's last write (the pages that user reads depend on it) | every write, for its writer |
 //! | `feed:page:{type}:{user or -}:{limit}:{cursor or -}` | `{built_at}\n{page JSON}`, `SET … EX FEED_CACHE_TTL_S` | the feed route |
-//! | `login:acct:{user id or hash of the login}`, `login:addr:{client IP}` | failed logins, expiring 15 minutes after the first (`routes::throttle`) | login |
+//! | `login:acct:{user id or hash of the login}`, `login:addr:{client IP}` | login attempts counted as failures until a correct password gives its count back, expiring 15 minutes after the first (`routes::throttle`) | login |
+//! | `register:addr:{client IP}` | registrations, expiring an hour after the first (`routes::throttle`) | register |
 //!
 //! The `changed:*` keys expire long after any page built before them (ten page lifetimes, at
 //! least an hour); a missing one reads as 0. How pages are judged fresh against them is in
@@ -182,62 +183,6 @@ impl Cache {
         match &result {
             Ok(()) => span.add_event(event, attributes),
             Err(_) => metrics::cache_request("SET", CacheResult::Error),
-        }
-        result
-    }
-
-    /// A counter in a fixed window: `SET key 0 EX window NX` then `INCR`, in one round trip, so
-    /// the window starts at the first increment and later ones do not extend it.
-    pub async fn incr_in_window(
-        &self,
-        key: &CacheKey,
-        window: Duration,
-    ) -> Result<i64, CacheError> {
-        let span = cache_span("INCR", key);
-        let result = self
-            .command(&span, |mut conn| {
-                let k = key.full.clone();
-                async move {
-                    let (value,): (i64,) = redis::pipe()
-                        .cmd("SET")
-                        .arg(&k)
-                        .arg(0)
-                        .arg("EX")
-                        .arg(window.as_secs().max(1))
-                        .arg("NX")
-                        .ignore()
-                        .incr(&k, 1)
-                        .query_async(&mut conn)
-                        .await?;
-                    Ok(value)
-                }
-            })
-            .await;
-        if result.is_err() {
-            metrics::cache_request("INCR", CacheResult::Error);
-        }
-        result
-    }
-
-    /// An integer value and its remaining lifetime in seconds (`GET` and `TTL` in one round
-    /// trip); `None` when the key does not exist.
-    pub async fn get_count_ttl(&self, key: &CacheKey) -> Result<Option<(i64, u64)>, CacheError> {
-        let span = cache_span("GET", key);
-        let result = self
-            .command(&span, |mut conn| {
-                let k = key.full.clone();
-                async move {
-                    let (value, ttl): (Option<i64>, i64) =
-                        redis::pipe().get(&k).ttl(&k).query_async(&mut conn).await?;
-                    // TTL is -1 without an expiry and -2 once gone: at least a second remains.
-                    Ok(value.map(|v| (v, u64::try_from(ttl).unwrap_or(1).max(1))))
-                }
-            })
-            .await;
-        // A counter, not a cached value: no hit or miss (`cache_requests_total` hits and misses
-        // are feed pages), only failures are counted.
-        if result.is_err() {
-            metrics::cache_request("GET", CacheResult::Error);
         }
         result
     }

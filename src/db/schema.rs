@@ -14,6 +14,7 @@ diesel::table! {
         last_error -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        author_id -> Uuid,
     }
 }
 
@@ -89,6 +90,7 @@ diesel::table! {
 }
 
 diesel::joinable!(audio_jobs -> posts (post_id));
+diesel::joinable!(audio_jobs -> users (author_id));
 diesel::joinable!(auth_tokens -> users (user_id));
 diesel::joinable!(comments -> posts (post_id));
 diesel::joinable!(comments -> users (author_id));

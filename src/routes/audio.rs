@@ -23,6 +23,7 @@ use crate::audio::storage::{RangeRequest, ReceiveError, drain, parse_range};
 use crate::audio::{ACCEPTED_TYPES, AudioStatus};
 use crate::cache::feed::FeedChange;
 use crate::errors::{AppError, ErrorBody};
+use crate::telemetry::metrics::{self, Refusal};
 use crate::telemetry::propagation;
 
 /// The bytes of an audio file.
@@ -56,8 +57,13 @@ pub struct AudioFile(pub Vec<u8>);
         (status = 401, description = "No valid token", body = ErrorBody),
         (status = 403, description = "Not the author", body = ErrorBody),
         (status = 404, description = "No such post", body = ErrorBody),
-        (status = 413, description = "Larger than AUDIO_MAX_BYTES", body = ErrorBody),
+        (status = 408, description = "The body stopped arriving for REQUEST_BODY_IDLE_TIMEOUT_S; \
+            the partial upload is removed and the connection closed", body = ErrorBody),
+        (status = 413, description = "Larger than AUDIO_MAX_BYTES (`payload_too_large`), or past \
+            the user's AUDIO_QUOTA_BYTES of stored audio (`audio_quota_exceeded`)", body = ErrorBody),
         (status = 415, description = "Not one of the accepted audio types", body = ErrorBody),
+        (status = 429, description = "`audio_pending_limit`: AUDIO_PENDING_PER_USER uploads of this \
+            user are still being processed; try again after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn upload(
@@ -69,7 +75,7 @@ pub async fn upload(
 ) -> Result<HttpResponse, AppError> {
     let audio = &state.audio;
     let checked = check_upload(&state, &req, &path, me.id).await;
-    let (post_id, source_type) = match checked {
+    let (post_id, source_type, room) = match checked {
         Ok(ok) => ok,
         Err(err) => {
             // Read a little of what the client is still sending, so that it sees this answer
@@ -80,12 +86,22 @@ pub async fn upload(
     };
 
     let upload_id = Uuid::new_v4();
+    // The quota bounds the body as it streams in, like the size limit: a chunked body has no
+    // length to check beforehand.
+    let limit = audio.max_bytes.min(room);
     let source_bytes = audio
         .storage
-        .receive(post_id, upload_id, body, audio.max_bytes)
+        .receive(post_id, upload_id, body, limit)
         .await
         .map_err(|err| match err {
+            ReceiveError::TooLarge(_) if room < audio.max_bytes => {
+                metrics::request_refused(Refusal::AudioQuota);
+                AppError::AudioQuotaExceeded {
+                    quota_bytes: audio.limits.quota_bytes,
+                }
+            }
             ReceiveError::TooLarge(_) => AppError::PayloadTooLarge,
+            ReceiveError::Stalled => AppError::RequestTimeout,
             ReceiveError::Interrupted(why) => AppError::bad_request(
                 "upload_interrupted",
                 format!("the upload was interrupted: {why}"),
@@ -105,9 +121,10 @@ pub async fn upload(
         tracestate,
     };
     let requester = me.id;
+    let limits = audio.limits;
     let queued = state
         .db
-        .run(move |conn| jobs::enqueue(conn, requester, &new))
+        .run(move |conn| jobs::enqueue(conn, requester, &new, limits))
         .await;
     let superseded = match queued {
         Ok(superseded) => superseded,
@@ -129,13 +146,15 @@ pub async fn upload(
     }))
 }
 
-/// 404, 403, 415 and a too-large `Content-Length`, before any of the body is read.
+/// 404, 403, 415, 429 (unfinished jobs), and a `Content-Length` past the size limit (413) or
+/// the quota (413 `audio_quota_exceeded`), before any of the body is read. Returns the post,
+/// the media type and the room left in the user's quota.
 async fn check_upload(
     state: &State,
     req: &HttpRequest,
     path: &str,
     requester: Uuid,
-) -> Result<(Uuid, String), AppError> {
+) -> Result<(Uuid, String, u64), AppError> {
     let post_id = parse_id(path, "post")?;
     let author = state
         .db
@@ -162,7 +181,18 @@ async fn check_upload(
     if declared.is_some_and(|len| len > state.audio.max_bytes) {
         return Err(AppError::PayloadTooLarge);
     }
-    Ok((post_id, media_type))
+    let held = state
+        .db
+        .run(move |conn| Ok(jobs::holdings(conn, requester, post_id)?))
+        .await?;
+    if let Some(refusal) = held.refuse(state.audio.limits, declared) {
+        return Err(refusal);
+    }
+    Ok((
+        post_id,
+        media_type,
+        held.room(state.audio.limits.quota_bytes),
+    ))
 }
 
 /// The processed audio of a post, as MP3, with `Range` support.
@@ -179,12 +209,14 @@ async fn check_upload(
     responses(
         (status = 200, description = "The whole MP3", body = AudioFile, content_type = "audio/mpeg",
             headers(
+                ("X-Content-Type-Options" = String, description = "`nosniff`"),
                 ("ETag" = String, description = "Strong validator of this upload's audio"),
                 ("Accept-Ranges" = String, description = "`bytes`"),
                 ("Content-Length" = i64, description = "Size in bytes"),
             )),
         (status = 206, description = "The requested range", body = AudioFile, content_type = "audio/mpeg",
             headers(
+                ("X-Content-Type-Options" = String, description = "`nosniff`"),
                 ("Content-Range" = String, description = "`bytes first-last/size`"),
                 ("ETag" = String, description = "Strong validator of this upload's audio"),
                 ("Accept-Ranges" = String, description = "`bytes`"),
@@ -273,6 +305,8 @@ pub async fn download(
     };
     Ok(response
         .content_type("audio/mpeg")
+        // Served as what it is, never sniffed as something a browser would run.
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header((header::ETAG, etag))
         .body(SizedStream::new(

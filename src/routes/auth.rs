@@ -9,18 +9,18 @@ use uuid::Uuid;
 
 use super::State;
 use super::json::{AccountJson, AuthJson};
-use super::throttle::Account;
+use super::throttle::{Account, Admission};
 use crate::db::models::NewUser;
 use crate::db::queries::{tokens, users};
 use crate::domain::credentials::{self, token_digest};
 use crate::domain::{Email, Password, Username, rules};
 use crate::errors::{AppError, ErrorBody};
-use crate::telemetry::propagation::spawn_blocking_in_span;
+use crate::telemetry::metrics::{self, Refusal};
 use crate::telemetry::root_span;
 
 /// A new account. The document's lengths, patterns and formats come from `domain::rules`
-/// (`routes::docs`).
-#[derive(Debug, Deserialize, ToSchema)]
+/// (`routes::docs`). Its `Debug` hides the password.
+#[derive(Deserialize, ToSchema)]
 pub struct RegisterRequest {
     /// 3–30 characters: ASCII letters, digits, `_`, `.` and `-`, starting with a letter or
     /// digit; unique regardless of case.
@@ -31,11 +31,34 @@ pub struct RegisterRequest {
     pub password: String,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+/// Its `Debug` hides the password.
+#[derive(Deserialize, ToSchema)]
 pub struct LoginRequest {
     /// Username or email.
     pub login: String,
     pub password: String,
+}
+
+/// Stands for a password in `Debug` output.
+const REDACTED: &str = "[redacted]";
+
+impl std::fmt::Debug for RegisterRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterRequest")
+            .field("username", &self.username)
+            .field("email", &self.email)
+            .field("password", &REDACTED)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for LoginRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginRequest")
+            .field("login", &self.login)
+            .field("password", &REDACTED)
+            .finish()
+    }
 }
 
 /// Creates an account and a first token.
@@ -48,9 +71,14 @@ pub struct LoginRequest {
         (status = 201, description = "Registered", body = AuthJson),
         (status = 400, description = "Invalid username, email or password", body = ErrorBody),
         (status = 409, description = "Username or email taken", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address within an hour \
+            (`REGISTER_MAX_PER_HOUR`); try again after `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`busy`: no password-hashing slot freed up within \
+            PASSWORD_HASH_WAIT_MS; try again after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn register(
+    req: HttpRequest,
     state: State,
     body: web::Json<RegisterRequest>,
 ) -> Result<HttpResponse, AppError> {
@@ -59,14 +87,25 @@ pub async fn register(
     let email = Email::parse(&body.email)?;
     let password = Password::parse(&body.password)?;
 
-    let hash = spawn_blocking_in_span(move || credentials::hash_password(&password))
-        .await
-        .map_err(|e| AppError::internal("password hashing", e))?
+    let address = req.peer_addr().map(|a| a.ip());
+    if let Admission::Refused { retry_after_s } = state.register_throttle.admit(address).await {
+        metrics::request_refused(Refusal::RegisterLimit);
+        return Err(AppError::TooManyRequests {
+            code: "too_many_registrations",
+            message: "too many registrations from this address; try again after Retry-After seconds",
+            retry_after_s,
+        });
+    }
+    let hash = state
+        .password_hashing
+        .run(move || credentials::hash_password(&password))
+        .await?
         .map_err(|e| AppError::internal("password hashing", e.to_string()))?;
     let token = credentials::new_token()
         .map_err(|e| AppError::internal("token generation", e.to_string()))?;
     let digest = token_digest(&token);
     let expires_at = Utc::now() + state.token_ttl;
+    let keep = state.token_max_per_user;
 
     let user = state
         .db
@@ -81,7 +120,7 @@ pub async fn register(
                         password_hash: &hash,
                     },
                 )?;
-                tokens::insert(conn, &digest, user.id, expires_at)?;
+                tokens::insert(conn, &digest, user.id, expires_at, keep)?;
                 Ok(user)
             })
         })
@@ -93,7 +132,8 @@ pub async fn register(
 }
 
 /// Exchanges a username (or email) and password for a new token. Failed logins are throttled
-/// per account and per client address (`routes::throttle`).
+/// per account and per client address (`routes::throttle`); a user keeps at most
+/// `TOKEN_MAX_PER_USER` live tokens, a new login revoking the oldest beyond it.
 #[utoipa::path(
     post,
     path = "/api/v1/auth/login",
@@ -106,6 +146,8 @@ pub async fn register(
         (status = 429, description = "Too many failed logins for this account or from this address \
             within 15 minutes (`LOGIN_MAX_FAILURES`); a correct password too is refused until \
             `Retry-After`", body = ErrorBody),
+        (status = 503, description = "`busy`: no password-hashing slot freed up within \
+            PASSWORD_HASH_WAIT_MS; try again after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn login(
@@ -137,33 +179,59 @@ pub async fn login(
         Some(user) => Account::Known(user.id),
         None => Account::Unknown(&login),
     };
-    if let Some(retry_after_s) = state.login_throttle.blocked_for(&account, address).await {
-        return Err(AppError::TooManyRequests { retry_after_s });
+    // Counted as a failure before the verification (routes::throttle): a burst of guesses
+    // verifies at most LOGIN_MAX_FAILURES of them.
+    let admission = state.login_throttle.admit(&account, address).await;
+    if let Admission::Refused { retry_after_s } = admission {
+        metrics::request_refused(Refusal::LoginLimit);
+        return Err(AppError::TooManyRequests {
+            code: "too_many_requests",
+            message: "too many failed logins; try again after Retry-After seconds",
+            retry_after_s,
+        });
     }
-    // Unknown users cost one verification too: the answer's timing tells nothing apart.
-    let verified = spawn_blocking_in_span(move || match user {
-        Some(user) if credentials::verify_password(&password, &user.password_hash) => Ok(user),
-        Some(_) => Err(()),
-        None => {
-            credentials::verify_against_nothing(&password);
-            Err(())
+    // Unknown users cost one verification too, through the same slots: neither the answer's
+    // timing nor a 503 tells them apart.
+    let verified = state
+        .password_hashing
+        .run(move || match user {
+            Some(user) if credentials::verify_password(&password, &user.password_hash) => Ok(user),
+            Some(_) => Err(()),
+            None => {
+                credentials::verify_against_nothing(&password);
+                Err(())
+            }
+        })
+        .await;
+    let verified = match verified {
+        Ok(verified) => verified,
+        Err(err) => {
+            // Nothing was verified: the attempt was no failure.
+            if admission == Admission::Admitted {
+                state.login_throttle.give_back(&account, address).await;
+            }
+            return Err(err);
         }
-    })
-    .await
-    .map_err(|e| AppError::internal("password verification", e))?;
+    };
     let Ok(user) = verified else {
-        state.login_throttle.record_failure(&account, address).await;
         return Err(invalid());
     };
+    if admission == Admission::Admitted {
+        state.login_throttle.give_back(&account, address).await;
+    }
 
     let token = credentials::new_token()
         .map_err(|e| AppError::internal("token generation", e.to_string()))?;
     let digest = token_digest(&token);
     let expires_at = Utc::now() + state.token_ttl;
     let user_id = user.id;
+    let keep = state.token_max_per_user;
     state
         .db
-        .run(move |conn| tokens::insert(conn, &digest, user_id, expires_at))
+        .run(move |conn| {
+            conn.build_transaction()
+                .run(|conn| tokens::insert(conn, &digest, user_id, expires_at, keep))
+        })
         .await?;
     Ok(HttpResponse::Ok().json(AuthJson {
         user: AccountJson::from(user),
@@ -244,4 +312,29 @@ fn bearer_token(req: &HttpRequest) -> Option<&str> {
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 256)
         .then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let register = RegisterRequest {
+            username: "alice".into(),
+            email: "alice@example.com".into(),
+            password: "hunter2-secret".into(),
+        };
+        let login = LoginRequest {
+            login: "alice".into(),
+            password: "hunter2-secret".into(),
+        };
+        for shown in [format!("{register:?}"), format!("{login:?}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(
+                shown.contains("[redacted]") && shown.contains("alice"),
+                "{shown}"
+            );
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //!
 //! - constraints from `domain::rules` (utoipa's schema attributes take literals only, so they
 //!   are written here, from the same constants the parsers check);
-//! - the answers every operation of a kind can give: 400/413/415 where a JSON body is read
+//! - the answers every operation of a kind can give: 400/408/413/415 where a body is read
 //!   (`JsonConfig` in `startup`), 503 where Postgres or Redis is used (`AppError::Unavailable`),
 //!   each with the error schema;
 //! - response headers: `traceresponse` on every response, `Retry-After` on 429 and 503.
@@ -270,6 +270,11 @@ fn common_responses(doc: &mut Value) {
             });
             responses.entry("415").or_insert_with(|| {
                 error_response("Body without a JSON content type (`application/json` or `+json`)")
+            });
+            responses.entry("408").or_insert_with(|| {
+                error_response(
+                    "The body sent nothing for REQUEST_BODY_IDLE_TIMEOUT_S; the connection is closed",
+                )
             });
         }
         if !NO_BACKING_SERVICE.contains(&path.as_str()) {
@@ -560,7 +565,7 @@ mod tests {
                 }
             }
             if op.get("requestBody").is_some() {
-                for status in ["400", "413", "415"] {
+                for status in ["400", "408", "413", "415"] {
                     assert!(responses.contains_key(status), "{method} {path} {status}");
                 }
             }
@@ -578,5 +583,23 @@ mod tests {
                 .as_bool()
                 .unwrap()
         );
+        // The limits' answers (CONTRACT.md §1 "Limits").
+        let answers = |path: &str, method: &str, status: &str| {
+            doc["paths"][path][method]["responses"][status]["description"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path} {status}"))
+                .to_owned()
+        };
+        for (path, method) in [
+            ("/api/v1/auth/register", "post"),
+            ("/api/v1/auth/login", "post"),
+        ] {
+            assert!(answers(path, method, "503").contains("`busy`"));
+            assert!(answers(path, method, "429").contains("Retry-After"));
+        }
+        let audio = "/api/v1/posts/{id}/audio";
+        assert!(answers(audio, "put", "413").contains("audio_quota_exceeded"));
+        assert!(answers(audio, "put", "429").contains("audio_pending_limit"));
+        assert!(answers(audio, "put", "408").contains("partial upload is removed"));
     }
 }

@@ -3,9 +3,11 @@
 
 pub mod audio;
 pub mod auth;
+pub mod body_idle;
 pub mod comments;
 pub mod docs;
 pub mod feed;
+pub mod hashing;
 pub mod health;
 pub mod json;
 pub mod posts;
@@ -40,6 +42,10 @@ pub struct AppState {
     pub token_ttl: Duration,
     pub audio: AudioService,
     pub login_throttle: throttle::LoginThrottle,
+    pub register_throttle: throttle::RegisterThrottle,
+    pub password_hashing: hashing::PasswordHashing,
+    /// `TOKEN_MAX_PER_USER`.
+    pub token_max_per_user: u32,
 }
 
 pub type State = web::Data<AppState>;

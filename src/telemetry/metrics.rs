@@ -107,6 +107,45 @@ struct Metrics {
     audio_jobs: Family<AudioOutcomeLabels, Counter>,
     audio_queued: Gauge,
     audio_stage_duration: Family<AudioStageLabels, Histogram>,
+    attributes_truncated: Counter,
+    password_hash_waiting: Gauge,
+    requests_refused: Family<RefusalLabels, Counter>,
+}
+
+/// `reason` of `requests_refused_total`: which limit (CONTRACT.md §1 "Limits") refused a
+/// request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No password-hashing slot within `PASSWORD_HASH_WAIT_MS`.
+    Busy,
+    /// `REGISTER_MAX_PER_HOUR` reached for the client address.
+    RegisterLimit,
+    /// `LOGIN_MAX_FAILURES` reached for the account or the client address.
+    LoginLimit,
+    /// `AUDIO_QUOTA_BYTES` would be exceeded.
+    AudioQuota,
+    /// `AUDIO_PENDING_PER_USER` unfinished jobs already.
+    AudioPending,
+    /// The body sent nothing for `REQUEST_BODY_IDLE_TIMEOUT_S`.
+    BodyTimeout,
+}
+
+impl Refusal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Busy => "busy",
+            Refusal::RegisterLimit => "register_limit",
+            Refusal::LoginLimit => "login_limit",
+            Refusal::AudioQuota => "audio_quota",
+            Refusal::AudioPending => "audio_pending",
+            Refusal::BodyTimeout => "body_timeout",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    reason: &'static str,
 }
 
 /// `outcome` of `audio_jobs_total`.
@@ -273,8 +312,29 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Duration of each audio processing stage, by stage and outcome",
         audio_stage_duration.clone(),
     );
+    let attributes_truncated = Counter::default();
+    registry.register(
+        "otel_span_attributes_truncated",
+        "Span attribute values cut to OTEL_ATTRIBUTE_VALUE_LENGTH_LIMIT characters",
+        attributes_truncated.clone(),
+    );
+    let password_hash_waiting = Gauge::default();
+    registry.register(
+        "password_hash_waiting",
+        "Requests waiting for a password-hashing slot (PASSWORD_HASH_CONCURRENCY)",
+        password_hash_waiting.clone(),
+    );
+    let requests_refused = Family::<RefusalLabels, Counter>::default();
+    registry.register(
+        "requests_refused",
+        "Requests refused by a limit, by the limit that refused them",
+        requests_refused.clone(),
+    );
     Metrics {
         registry,
+        attributes_truncated,
+        password_hash_waiting,
+        requests_refused,
         audio_jobs,
         audio_queued,
         audio_stage_duration,
@@ -405,6 +465,26 @@ pub fn audio_job(outcome: AudioJobOutcome) {
 /// Sets the number of audio jobs waiting or running.
 pub fn audio_jobs_queued(jobs: i64) {
     METRICS.audio_queued.set(jobs);
+}
+
+/// Counts attribute values cut to the length limit.
+pub fn attribute_truncated() {
+    METRICS.attributes_truncated.inc();
+}
+
+/// Moves the number of requests waiting for a password-hashing slot by `delta`.
+pub fn password_hash_waiting(delta: i64) {
+    METRICS.password_hash_waiting.inc_by(delta);
+}
+
+/// Counts a request refused by a limit.
+pub fn request_refused(reason: Refusal) {
+    METRICS
+        .requests_refused
+        .get_or_create(&RefusalLabels {
+            reason: reason.as_str(),
+        })
+        .inc();
 }
 
 /// Records one audio stage run.

@@ -32,7 +32,7 @@ const STAGES: [&str; 4] = [
 const READY_WITHIN: Duration = Duration::from_secs(60);
 
 /// A 16-bit PCM WAV of `seconds`, `rate` Hz, `channels`, each sample from `sample(t)` in -1..1.
-fn wav(seconds: f64, rate: u32, channels: u16, sample: impl Fn(f64) -> f64) -> Vec<u8> {
+pub(crate) fn wav(seconds: f64, rate: u32, channels: u16, sample: impl Fn(f64) -> f64) -> Vec<u8> {
     let frames = (seconds * f64::from(rate)) as u32;
     let data_len = frames * u32::from(channels) * 2;
     let mut out = Vec::with_capacity(44 + data_len as usize);
@@ -58,13 +58,13 @@ fn wav(seconds: f64, rate: u32, channels: u16, sample: impl Fn(f64) -> f64) -> V
 }
 
 /// A full-scale 440 Hz sine.
-fn sine_wav(seconds: f64, rate: u32, channels: u16) -> Vec<u8> {
+pub(crate) fn sine_wav(seconds: f64, rate: u32, channels: u16) -> Vec<u8> {
     wav(seconds, rate, channels, |t| {
         (2.0 * std::f64::consts::PI * 440.0 * t).sin()
     })
 }
 
-fn silence_wav(seconds: f64, rate: u32, channels: u16) -> Vec<u8> {
+pub(crate) fn silence_wav(seconds: f64, rate: u32, channels: u16) -> Vec<u8> {
     wav(seconds, rate, channels, |_| 0.0)
 }
 
@@ -78,7 +78,7 @@ fn long_silence_flac() -> Vec<u8> {
 }
 
 /// Converts `input` with ffmpeg (extra `args` before the input, e.g. to loop it) to `ext`.
-fn ffmpeg_convert(input: &[u8], pre_input: &[&str], ext: &str) -> Vec<u8> {
+pub(crate) fn ffmpeg_convert(input: &[u8], pre_input: &[&str], ext: &str) -> Vec<u8> {
     let dir = std::env::temp_dir().join(format!("sidechain-audio-src-{}", Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
     let source = dir.join("in.wav");
@@ -98,7 +98,7 @@ fn ffmpeg_convert(input: &[u8], pre_input: &[&str], ext: &str) -> Vec<u8> {
     bytes
 }
 
-async fn put_audio(
+pub(crate) async fn put_audio(
     client: &reqwest::Client,
     base: &str,
     post: &str,
@@ -119,7 +119,7 @@ async fn put_audio(
 }
 
 impl TestApp {
-    async fn upload(
+    pub(crate) async fn upload(
         &self,
         user: &TestUser,
         post: &str,
@@ -137,23 +137,23 @@ impl TestApp {
         .await
     }
 
-    async fn post_json_of(&self, post: &str) -> Value {
+    pub(crate) async fn post_json_of(&self, post: &str) -> Value {
         let response = self.get(&format!("/api/v1/posts/{post}")).await;
         assert_eq!(response.status(), StatusCode::OK);
         response.json().await.unwrap()
     }
 
     /// Waits until the post's audio leaves `pending`/`processing`; returns the post.
-    async fn settled(&self, post: &str) -> Value {
+    pub(crate) async fn settled(&self, post: &str) -> Value {
         settled_at(&self.api, &self.address, post).await
     }
 
-    fn post_dir(&self, post: &str) -> PathBuf {
+    pub(crate) fn post_dir(&self, post: &str) -> PathBuf {
         self.audio_dir.join(post.replace('-', ""))
     }
 }
 
-async fn settled_at(client: &reqwest::Client, base: &str, post: &str) -> Value {
+pub(crate) async fn settled_at(client: &reqwest::Client, base: &str, post: &str) -> Value {
     poll_within(&format!("post {post} processed"), READY_WITHIN, || async {
         let response = client
             .get(format!("{base}/api/v1/posts/{post}"))
@@ -178,7 +178,7 @@ fn peaks(post: &Value) -> Vec<f64> {
         .collect()
 }
 
-fn files_in(dir: &Path) -> Vec<String> {
+pub(crate) fn files_in(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
             d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -563,7 +563,7 @@ async fn uploads_are_checked_before_they_are_stored() {
 }
 
 /// A PUT with `Transfer-Encoding: chunked` (no `Content-Length`), written by hand; the status.
-async fn chunked_put(base: &str, path: &str, token: &str, body: &[u8]) -> u16 {
+pub(crate) async fn chunked_put(base: &str, path: &str, token: &str, body: &[u8]) -> u16 {
     let addr = base.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = format!(
@@ -648,19 +648,19 @@ async fn a_second_upload_supersedes_the_first_and_delete_removes_the_files() {
     assert_eq!(post["audio"]["status"], "ready");
     assert_eq!(post["audio"]["channels"], 1);
     assert_eq!(post["audio"]["sample_rate"], 22_050);
-    // Only the second upload's files are left.
+    // Only the second upload's MP3 is left: the first upload's files went when it was
+    // superseded, the second's source once it was ready.
     let dir = app.post_dir(id);
     let files = poll_within(
         "the first upload's files removed",
         Duration::from_secs(10),
         || {
             let files = files_in(&dir);
-            async move { (files.len() == 2).then_some(files) }
+            async move { (files.len() == 1).then_some(files) }
         },
     )
     .await;
-    let stem = files[0].split('.').next().unwrap().to_owned();
-    assert!(files.iter().all(|f| f.starts_with(&stem)), "{files:?}");
+    assert!(files[0].ends_with(".mp3"), "{files:?}");
 
     let response = app
         .delete(&format!("/api/v1/posts/{id}"), Some(&user.token))
@@ -740,7 +740,7 @@ struct Count {
     n: i64,
 }
 
-fn count(db_url: &str, sql: &str) -> i64 {
+pub(crate) fn count(db_url: &str, sql: &str) -> i64 {
     let mut conn = PgConnection::establish(db_url).unwrap();
     diesel::sql_query(sql)
         .get_result::<Count>(&mut conn)
@@ -954,6 +954,8 @@ async fn two_processes_on_one_database_process_each_job_exactly_once() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("AUDIO_WORKERS", "2"),
+        // One user uploads all eight at once.
+        ("AUDIO_PENDING_PER_USER", "8"),
     ];
     let a = shared.launch(&vars);
     let b = shared.launch(&vars);
@@ -1123,10 +1125,14 @@ async fn a_stage_past_its_timeout_is_killed_and_the_job_fails() {
         async move { (!running).then_some(()) }
     })
     .await;
-    // Its partial output is gone; the upload stays until replaced or deleted.
-    let files = files_in(&app.post_dir(id));
-    assert_eq!(files.len(), 1, "{files:?}");
-    assert!(files[0].ends_with(".src"), "{files:?}");
+    // Its partial output is gone, and so is the source: a job failed for good never reads it
+    // again, and it would hold the author's quota.
+    let dir = app.post_dir(id);
+    poll_within("the job's files removed", Duration::from_secs(5), || {
+        let files = files_in(&dir);
+        async move { files.is_empty().then_some(()) }
+    })
+    .await;
 }
 
 #[tokio::test]

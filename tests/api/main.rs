@@ -5,6 +5,7 @@
 mod helpers;
 
 mod audio;
+mod audio_limits;
 mod auth;
 mod bad_input;
 mod comments;
@@ -15,6 +16,7 @@ mod feed;
 mod feed_cache;
 mod health;
 mod lifecycle;
+mod limits;
 mod logout;
 mod methods;
 mod observability;
