@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use url::Url;
 
+use crate::client_address::TrustedProxies;
+
 use crate::telemetry::config::TelemetrySettings;
 
 /// Everything the service is configured with.
@@ -34,6 +36,11 @@ pub struct Settings {
     /// `LOGIN_MAX_FAILURES`: failed logins per account, and per client address, within 15
     /// minutes before login answers 429.
     pub login_max_failures: u32,
+    /// `TRUSTED_PROXIES`: load balancers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
+    /// `SHUTDOWN_DRAIN_S`: after SIGTERM, how long `/ready` fails while requests are still
+    /// served, before the listener closes.
+    pub shutdown_drain: Duration,
     pub limits: LimitSettings,
     /// `TRACECONTEXT_TEST_ENDPOINT`: mounts `POST /test` for the W3C trace-context test suite.
     pub tracecontext_test_endpoint: bool,
@@ -340,6 +347,9 @@ impl Settings {
             token_ttl: Duration::from_secs(env.bounded("TOKEN_TTL_DAYS", 30u64, 1, 3650)? * 86_400),
             shutdown_timeout: env.seconds("SHUTDOWN_TIMEOUT_S", 30, 0, 3600)?,
             login_max_failures: env.bounded("LOGIN_MAX_FAILURES", 10u32, 1, 1_000_000)?,
+            trusted_proxies: TrustedProxies::parse(&env.string("TRUSTED_PROXIES", ""))
+                .map_err(|reason| ConfigError::new("TRUSTED_PROXIES", reason))?,
+            shutdown_drain: env.seconds("SHUTDOWN_DRAIN_S", 5, 0, 3600)?,
             limits: LimitSettings {
                 password_hash_concurrency: env.bounded(
                     "PASSWORD_HASH_CONCURRENCY",

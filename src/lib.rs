@@ -1,5 +1,6 @@
 pub mod audio;
 pub mod cache;
+pub mod client_address;
 pub mod clients;
 pub mod config;
 pub mod db;

@@ -21,21 +21,26 @@ fn main() -> ExitCode {
         }
     };
 
-    let served = actix_web::rt::System::new().block_on(async move {
-        let app = Application::build(settings).await?;
-        app.run_until_stopped().await?;
-        Ok::<(), Box<dyn std::error::Error>>(())
-    });
-    let code = match served {
-        Ok(()) => {
-            slog::info!(logging::logger(), "server stopped");
-            ExitCode::SUCCESS
+    actix_web::rt::System::new().block_on(async move {
+        let served = async {
+            let app = Application::build(settings).await?;
+            app.run_until_stopped().await?;
+            Ok::<(), Box<dyn std::error::Error>>(())
         }
-        Err(err) => {
-            slog::error!(logging::logger(), "start-up failed"; "error" => %ErrorChain(err.as_ref()));
-            ExitCode::FAILURE
-        }
-    };
-    telemetry.shutdown();
-    code
+        .await;
+        let code = match served {
+            Ok(()) => {
+                slog::info!(logging::logger(), "server stopped");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                slog::error!(logging::logger(), "start-up failed"; "error" => %ErrorChain(err.as_ref()));
+                ExitCode::FAILURE
+            }
+        };
+        // Flushed while the runtime still runs, so that a second signal during the flush ends
+        // the process at once (`Application::run_until_stopped`).
+        let _ = actix_web::rt::task::spawn_blocking(move || telemetry.shutdown()).await;
+        code
+    })
 }

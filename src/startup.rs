@@ -3,6 +3,8 @@
 //! `build` binds the listener itself, so tests bind port 0 and read the real port back.
 
 use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::body::{EitherBody, MessageBody};
@@ -71,12 +73,29 @@ pub enum StartupError {
     },
 }
 
+/// Set from the first SIGTERM/SIGINT on: `/ready` fails and responses close their
+/// connections, so that balancers move away while requests are still served.
+#[derive(Debug, Clone, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn start(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// The running service.
 pub struct Application {
     port: u16,
     server: Server,
     audio_runner: AudioRunner,
     token_purge: TokenPurge,
+    draining: Draining,
+    drain: Duration,
 }
 
 impl Application {
@@ -110,7 +129,9 @@ impl Application {
         let feeds = FeedCache::new(cache.clone(), settings.feed_cache_ttl);
         let audio_runner = AudioRunner::start(&db, &feeds, &audio, &settings.audio, tools);
         let token_purge = TokenPurge::start(&db, settings.limits.token_purge_interval);
+        let draining = Draining::default();
         let state = AppState {
+            draining: draining.clone(),
             db,
             feeds,
             login_throttle: LoginThrottle::new(cache.clone(), settings.login_max_failures),
@@ -135,6 +156,8 @@ impl Application {
         let address = listener.local_addr()?;
         let test_endpoint = settings.tracecontext_test_endpoint;
         let body_idle = BodyIdleTimeout(settings.limits.body_idle_timeout);
+        let trusted_proxies = settings.trusted_proxies.clone();
+        let draining_flag = draining.clone();
         let state = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
@@ -144,8 +167,11 @@ impl Application {
                 .app_data(path_config())
                 .app_data(web::PayloadConfig::new(BODY_LIMIT))
                 .app_data(body_idle)
+                .app_data(trusted_proxies.clone())
+                .app_data(draining_flag.clone())
                 // Inner first: `traceresponse` is added inside the root span, to the JSON 405 too.
                 .wrap(from_fn(bound_body_idle))
+                .wrap(from_fn(close_while_draining))
                 .wrap(from_fn(json_method_not_allowed))
                 .wrap(from_fn(traceresponse_header))
                 .wrap(TracingLogger::<SidechainRootSpan>::new())
@@ -153,6 +179,8 @@ impl Application {
                 .default_service(web::to(not_found))
         })
         .shutdown_timeout(settings.shutdown_timeout.as_secs())
+        // Signals are ours (`run_until_stopped`): the drain comes before the listener closes.
+        .disable_signals()
         // Bounds on what idle or slow clients hold (README, "Limits"): connections per worker,
         // an idle keep-alive connection, the time to send a request head, and the time to
         // close after the response. A stalled body is bounded by `bound_body_idle`.
@@ -168,6 +196,8 @@ impl Application {
             server,
             audio_runner,
             token_purge,
+            draining,
+            drain: settings.shutdown_drain,
         })
     }
 
@@ -175,12 +205,26 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGTERM/SIGINT (then finishes in-flight requests) or a stop through the
-    /// server handle; then stops the audio workers, which give their jobs back to the queue.
+    /// Serves until SIGTERM/SIGINT or a stop through the server handle; then stops the audio
+    /// workers, which give their jobs back to the queue.
+    ///
+    /// On the first signal, `/ready` answers 503 at once (and responses close their
+    /// connections) while everything is still served for `SHUTDOWN_DRAIN_S`, so that a load
+    /// balancer notices and moves away before the listener closes; then the server stops
+    /// accepting and finishes in-flight requests (at most `SHUTDOWN_TIMEOUT_S`). A second
+    /// signal at any point until the process ends skips what is left: it exits at once.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let signals = tokio::spawn(on_signals(
+            self.server.handle(),
+            self.draining.clone(),
+            self.drain,
+        ));
         let served = self.server.await;
         self.token_purge.stop();
         self.audio_runner.stop().await;
+        // The signal task stays alive until the runtime ends, to answer a second signal during
+        // the telemetry flush that follows.
+        drop(signals);
         served
     }
 
@@ -188,6 +232,82 @@ impl Application {
     pub fn handle(&self) -> actix_web::dev::ServerHandle {
         self.server.handle()
     }
+}
+
+/// The signals of a stopping process (see [`Application::run_until_stopped`]).
+async fn on_signals(server: actix_web::dev::ServerHandle, draining: Draining, drain: Duration) {
+    let Ok(mut signals) = Signals::install() else {
+        slog::error!(
+            logging::logger(),
+            "could not listen for SIGTERM/SIGINT; stop the process with SIGKILL"
+        );
+        return;
+    };
+    let first = signals.next().await;
+    draining.start();
+    slog::info!(logging::logger(), "shutting down: draining, /ready fails";
+        "signal" => first, "drain_s" => drain.as_secs());
+    tokio::select! {
+        () = tokio::time::sleep(drain) => {}
+        second = signals.next() => exit_now(second),
+    }
+    slog::info!(
+        logging::logger(),
+        "shutting down: no longer accepting, finishing in-flight requests"
+    );
+    // The command is sent now; completion is seen by `run_until_stopped`.
+    drop(server.stop(true));
+    exit_now(signals.next().await);
+}
+
+/// A second signal: whatever is left (requests, the job hand-back, the span flush) is skipped.
+fn exit_now(signal: &'static str) -> ! {
+    slog::warn!(logging::logger(), "second signal: exiting at once"; "signal" => signal);
+    // 128 + the signal's number, as a shell reports a process ended by it.
+    std::process::exit(if signal == "SIGINT" { 130 } else { 143 })
+}
+
+/// SIGTERM and SIGINT, whichever comes.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// While draining, every response closes its connection: a balancer (or client) then opens a
+/// new one for its next request, which goes to a replica that is not stopping, instead of
+/// reusing one that the listener's close would cut.
+async fn close_while_draining(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
+    let draining = req
+        .app_data::<Draining>()
+        .is_some_and(Draining::is_draining);
+    let mut response = next.call(req).await?;
+    if draining {
+        response
+            .response_mut()
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
+    Ok(response)
 }
 
 /// Every route of CONTRACT.md §2. Each resource answers other methods with a JSON 405 whose

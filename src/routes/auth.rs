@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::State;
 use super::json::{AccountJson, AuthJson};
 use super::throttle::{Account, Admission};
+use crate::client_address::{ClientAddress, TrustedProxies};
 use crate::db::models::NewUser;
 use crate::db::queries::{tokens, users};
 use crate::domain::credentials::{self, token_digest};
@@ -87,7 +88,7 @@ pub async fn register(
     let email = Email::parse(&body.email)?;
     let password = Password::parse(&body.password)?;
 
-    let address = req.peer_addr().map(|a| a.ip());
+    let address = client_of(&req);
     if let Admission::Refused { retry_after_s } = state.register_throttle.admit(address).await {
         metrics::request_refused(Refusal::RegisterLimit);
         return Err(AppError::TooManyRequests {
@@ -174,7 +175,7 @@ pub async fn login(
         .db
         .run(move |conn| users::find_by_login(conn, &lookup))
         .await?;
-    let address = req.peer_addr().map(|a| a.ip());
+    let address = client_of(&req);
     let account = match &user {
         Some(user) => Account::Known(user.id),
         None => Account::Unknown(&login),
@@ -299,6 +300,11 @@ impl FromRequest for Authenticated {
         let req = req.clone();
         Box::pin(async move { Self::from_http(&req).await })
     }
+}
+
+/// The client of a request, `TRUSTED_PROXIES` applied (`client_address`).
+fn client_of(req: &HttpRequest) -> Option<ClientAddress> {
+    ClientAddress::of(req.head(), req.app_data::<TrustedProxies>())
 }
 
 /// The token of an `Authorization: Bearer …` header, if well-formed.

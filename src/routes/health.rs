@@ -27,22 +27,29 @@ pub struct ReadyJson {
     pub postgres: &'static str,
     /// `ok` or `down`.
     pub redis: &'static str,
+    /// Present (true) while the process is stopping: it still serves, but takes no new work
+    /// from a balancer.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
 }
 
-/// Readiness: Postgres and Redis both answer.
+/// Readiness: Postgres and Redis both answer, and the process is not stopping.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses(
         (status = 200, description = "Ready", body = ReadyJson),
-        (status = 503, description = "A dependency is down", body = ReadyJson),
+        (status = 503, description = "A dependency is down, or the process is stopping \
+            (`draining`: it still serves for SHUTDOWN_DRAIN_S)", body = ReadyJson),
     ))]
 pub async fn ready(state: State) -> HttpResponse {
     let (postgres, redis) = tokio::join!(state.db.ping(), state.cache.ping());
     let word = |ok: bool| if ok { "ok" } else { "down" };
+    let draining = state.draining.is_draining();
     let body = ReadyJson {
         postgres: word(postgres.is_ok()),
         redis: word(redis.is_ok()),
+        draining,
     };
-    if postgres.is_ok() && redis.is_ok() {
+    if postgres.is_ok() && redis.is_ok() && !draining {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

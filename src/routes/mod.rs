@@ -46,6 +46,8 @@ pub struct AppState {
     pub password_hashing: hashing::PasswordHashing,
     /// `TOKEN_MAX_PER_USER`.
     pub token_max_per_user: u32,
+    /// Set once the process is stopping: `/ready` fails.
+    pub draining: crate::startup::Draining,
 }
 
 pub type State = web::Data<AppState>;

@@ -26,13 +26,13 @@
 //! Keys (under `REDIS_KEY_PREFIX`): `login:acct:{user id}`, or, for a login that names nobody,
 //! `login:acct:{first 16 bytes of SHA-256 of the lower-cased login, hex}` (so the key holds no
 //! email address; unknown names are throttled like known ones and so tell nothing apart);
-//! `login:addr:{client IP}`; `register:addr:{client IP}`.
+//! `login:addr:{client}`; `register:addr:{client}`, where the client is the address that
+//! `TRUSTED_PROXIES` makes of the request (`client_address`), an IPv6 one by its /64.
 //!
 //! Redis is an optimisation elsewhere but a safety net here; still, a Redis outage must not
 //! lock every user out, so the throttles fail open: requests go unthrottled (password hashing
 //! stays bounded by `routes::hashing`), and one warning says so per outage.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -41,6 +41,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::cache::{Cache, CacheError, CacheKey};
+use crate::client_address::ClientAddress;
 use crate::errors::ErrorChain;
 use crate::telemetry::logging;
 
@@ -170,7 +171,7 @@ impl LoginThrottle {
         }
     }
 
-    fn keys(&self, account: &Account<'_>, address: Option<IpAddr>) -> Vec<CacheKey> {
+    fn keys(&self, account: &Account<'_>, address: Option<ClientAddress>) -> Vec<CacheKey> {
         let cache = &self.counters.cache;
         let account = match account {
             Account::Known(id) => cache.key("login", format_args!("acct:{}", id.simple())),
@@ -181,22 +182,22 @@ impl LoginThrottle {
             }
         };
         let mut keys = vec![account];
-        if let Some(ip) = address {
-            keys.push(cache.key("login", format_args!("addr:{ip}")));
+        if let Some(client) = address {
+            keys.push(cache.key("login", format_args!("addr:{}", client.throttle_key())));
         }
         keys
     }
 
     /// Counts an attempt as a failure before it is verified, unless the account or the address
     /// is at `LOGIN_MAX_FAILURES` already.
-    pub async fn admit(&self, account: &Account<'_>, address: Option<IpAddr>) -> Admission {
+    pub async fn admit(&self, account: &Account<'_>, address: Option<ClientAddress>) -> Admission {
         let keys = self.keys(account, address);
         self.counters.admit(&keys, self.max_failures, WINDOW).await
     }
 
     /// Takes back the count of an admitted attempt that did not fail (a correct password, or
     /// no verification ran).
-    pub async fn give_back(&self, account: &Account<'_>, address: Option<IpAddr>) {
+    pub async fn give_back(&self, account: &Account<'_>, address: Option<ClientAddress>) {
         let keys = self.keys(account, address);
         self.counters.give_back(&keys).await;
     }
@@ -218,14 +219,14 @@ impl RegisterThrottle {
     }
 
     /// Counts a registration from `address`, unless it is at `REGISTER_MAX_PER_HOUR` already.
-    pub async fn admit(&self, address: Option<IpAddr>) -> Admission {
-        let Some(ip) = address else {
+    pub async fn admit(&self, address: Option<ClientAddress>) -> Admission {
+        let Some(client) = address else {
             return Admission::Unthrottled;
         };
         let key = self
             .counters
             .cache
-            .key("register", format_args!("addr:{ip}"));
+            .key("register", format_args!("addr:{}", client.throttle_key()));
         self.counters
             .admit(&[key], self.max_per_hour, REGISTER_WINDOW)
             .await

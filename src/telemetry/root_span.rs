@@ -31,6 +31,7 @@ use tracing_actix_web::{RootSpan, RootSpanBuilder};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
+use crate::client_address::{ClientAddress, TrustedProxies};
 use crate::errors::AppError;
 use crate::telemetry::{export, limits, logging, metrics, propagation};
 
@@ -42,6 +43,8 @@ struct RequestStart {
     at: Instant,
     method: &'static str,
     route: Option<String>,
+    /// The client (`TRUSTED_PROXIES` applied), for the access line.
+    client: Option<ClientAddress>,
 }
 
 /// The authenticated user of a request, for the access line.
@@ -77,7 +80,8 @@ impl RootSpanBuilder for SidechainRootSpan {
             .get(actix_web::http::header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
-        let client_address = request.peer_addr().map(|a| a.ip().to_string());
+        let client = ClientAddress::of(request.head(), request.app_data::<TrustedProxies>());
+        let client_address = client.map(|c| c.to_string());
         let span = tracing::info_span!(
             "HTTP request",
             otel.name = match &route {
@@ -105,6 +109,7 @@ impl RootSpanBuilder for SidechainRootSpan {
             at: Instant::now(),
             method,
             route,
+            client,
         });
         span
     }
@@ -174,6 +179,7 @@ impl RootSpanBuilder for SidechainRootSpan {
             "status" => status.as_u16(),
             "duration_ms" => (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             "user_id" => UserId(user),
+            "client_address" => start.client.map(|c| c.to_string()),
             "trace_sampled" => TraceSampled(sampled),
         );
         metrics::http_request(

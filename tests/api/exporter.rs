@@ -694,8 +694,11 @@ async fn shutdown_flushes_and_later_calls_are_harmless() {
     assert_eq!(receiver.delivered(), 7);
 }
 
+/// Nothing listens at the endpoint: the shutdown does not spend its whole budget (10 s here)
+/// retrying a refused connection. One short retry round, then the spans are counted lost and
+/// one line says so.
 #[tokio::test(flavor = "multi_thread")]
-async fn shutdown_with_the_endpoint_down_ends_within_its_bound_and_reports_the_loss() {
+async fn shutdown_with_the_endpoint_refusing_connections_gives_up_after_one_short_retry() {
     let logs = log_capture();
     let port = closed_port();
     let address = port.local_addr().unwrap();
@@ -706,10 +709,11 @@ async fn shutdown_with_the_endpoint_down_ends_within_its_bound_and_reports_the_l
     }
     let p = Arc::clone(&processor);
     let started = Instant::now();
-    let result = blocking(move || p.shutdown_with_timeout(Duration::from_millis(800))).await;
+    let result = blocking(move || p.shutdown_with_timeout(Duration::from_secs(10))).await;
     let took = started.elapsed();
+    // At least the one retry's pause; far less than the budget.
     assert!(
-        took >= Duration::from_millis(700) && took < Duration::from_secs(3),
+        took >= export::STOPPING_RETRY && took < Duration::from_secs(3),
         "{took:?}"
     );
     assert!(result.is_err());
@@ -724,6 +728,33 @@ async fn shutdown_with_the_endpoint_down_ends_within_its_bound_and_reports_the_l
     })
     .await;
     assert_eq!(line["spans"], 6);
+    let warnings = logs
+        .lines()
+        .into_iter()
+        .filter(|l| l["level"] == "warn" || l["level"] == "error")
+        .count();
+    assert_eq!(warnings, 1, "one line says it: {:?}", logs.lines());
+}
+
+/// An endpoint that answers, if only with 503, may recover: the shutdown gives it the whole
+/// budget before counting the spans lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_with_an_answering_endpoint_uses_its_whole_budget() {
+    let (_receiver, server) = Receiver::start(vec![ResponseTemplate::new(503); 1000]).await;
+    let processor = Arc::new(start(&settings(&server.uri(), &[]), fast()));
+    for i in 0..6 {
+        processor.on_end(span(&format!("s{i}")));
+    }
+    let p = Arc::clone(&processor);
+    let started = Instant::now();
+    let result = blocking(move || p.shutdown_with_timeout(Duration::from_millis(800))).await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(700) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(result.is_err());
+    assert_eq!(outcome("failed"), 6.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -329,8 +329,10 @@ async fn feed_cache_ttl_zero_turns_the_cache_off() {
         std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let client = deadpool_redis::redis::Client::open(redis_url).unwrap();
     let mut conn = client.get_connection().unwrap();
+    // The feed cache's keys only: registering counts against the client address
+    // (`register:addr:…`), which is no feed state.
     let keys: Vec<String> = deadpool_redis::redis::cmd("KEYS")
-        .arg(format!("{}*", app.redis_prefix))
+        .arg(format!("{}feed:*", app.redis_prefix))
         .query(&mut conn)
         .unwrap();
     assert!(keys.is_empty(), "{keys:?}");

@@ -582,6 +582,8 @@ pub fn sidechain_command() -> Command {
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
         .env("OTEL_BSP_EXPORT_TIMEOUT", "1000")
+        // No drain unless a test is about it: SIGTERM stops at once, as the tests expect.
+        .env("SHUTDOWN_DRAIN_S", "0")
         // Not ./data/audio in the repository.
         .env(
             "AUDIO_STORAGE_DIR",

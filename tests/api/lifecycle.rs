@@ -150,3 +150,78 @@ async fn a_database_outage_is_503_and_recovers() {
     })
     .await;
 }
+
+/// `/ready` as a balancer's health check sees it: its status, or `None` when nothing answers.
+async fn ready_status(client: &reqwest::Client, binary: &RunningBinary) -> Option<StatusCode> {
+    client
+        .get(binary.url("/ready"))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status())
+}
+
+#[tokio::test]
+async fn sigterm_first_fails_ready_while_requests_are_still_served() {
+    let app = RunningBinary::launch(|cmd| {
+        cmd.env("SHUTDOWN_DRAIN_S", "3");
+    });
+    let client = reqwest::Client::new();
+    assert_eq!(ready_status(&client, &app).await, Some(StatusCode::OK));
+    app.terminate();
+
+    // At once: the balancer's next check fails.
+    let ready = poll("/ready failing", || async {
+        let response = client.get(app.url("/ready")).send().await.ok()?;
+        (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+    })
+    .await;
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["draining"], true, "{body}");
+    assert_eq!(body["postgres"], "ok", "{body}");
+    // Meanwhile everything is served: a write and a read, each on a connection it closes.
+    let registered = client
+        .post(app.url("/api/v1/auth/register"))
+        .json(&serde_json::json!({"username": "late", "email": "late@x.io", "password": "password-123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), StatusCode::CREATED);
+    assert_eq!(registered.headers()["connection"], "close");
+    let health = client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+
+    let (status, logs) = app.exited(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(0));
+    let order: Vec<&str> = logs
+        .iter()
+        .filter_map(|l| l["msg"].as_str())
+        .filter(|m| m.starts_with("shutting down:") || *m == "server stopped")
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "shutting down: draining, /ready fails",
+            "shutting down: no longer accepting, finishing in-flight requests",
+            "server stopped"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let app = RunningBinary::launch(|cmd| {
+        cmd.env("SHUTDOWN_DRAIN_S", "600");
+    });
+    let client = reqwest::Client::new();
+    app.terminate();
+    poll("/ready failing", || async {
+        (ready_status(&client, &app).await == Some(StatusCode::SERVICE_UNAVAILABLE)).then_some(())
+    })
+    .await;
+    app.terminate();
+    // Not the ten minutes of drain that were left.
+    // 128 + SIGTERM's 15: the second signal's own exit, not the drain's end.
+    let (status, _) = app.exited(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(143));
+}

@@ -123,7 +123,8 @@ async fn concurrent_registrations_are_bounded_in_memory_and_in_hashing() {
 #[tokio::test]
 async fn registrations_are_limited_per_client_address() {
     let app = spawn_app_with(|c| {
-        c.set("REGISTER_MAX_PER_HOUR", "3");
+        c.set("REGISTER_MAX_PER_HOUR", "3")
+            .set("REDIS_TIMEOUT_MS", "5000");
     })
     .await;
     let register = |from: &'static str, name: &'static str| {
@@ -174,6 +175,9 @@ async fn a_burst_of_wrong_passwords_verifies_at_most_the_limit() {
     let app = spawn_app_with(|c| {
         c.set("LOGIN_MAX_FAILURES", MAX.to_string())
             .set("PASSWORD_HASH_WAIT_MS", "60000")
+            // A Redis call slower than its bound fails open (unthrottled, by design): on a
+            // loaded machine 250 ms is not enough to keep that out of this test.
+            .set("REDIS_TIMEOUT_MS", "5000")
             .set("LOG_LEVEL", "debug");
     })
     .await;
@@ -207,7 +211,8 @@ async fn a_burst_of_wrong_passwords_verifies_at_most_the_limit() {
 #[tokio::test]
 async fn a_correct_password_gives_its_count_back() {
     let app = spawn_app_with(|c| {
-        c.set("LOGIN_MAX_FAILURES", "3");
+        c.set("LOGIN_MAX_FAILURES", "3")
+            .set("REDIS_TIMEOUT_MS", "5000");
     })
     .await;
     app.register("alice").await;
@@ -237,6 +242,7 @@ async fn no_free_hashing_slot_is_503_busy_and_counts_no_failure() {
     let app = spawn_app_with(|c| {
         c.set("PASSWORD_HASH_CONCURRENCY", "1")
             .set("PASSWORD_HASH_WAIT_MS", "0")
+            .set("REDIS_TIMEOUT_MS", "5000")
             .set("LOGIN_MAX_FAILURES", MAX.to_string());
     })
     .await;

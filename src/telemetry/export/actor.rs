@@ -178,6 +178,8 @@ pub struct SpanExportActor {
     /// be taken from the queue before it can be answered.
     flushes: Vec<(usize, SyncSender<FlushReport>)>,
     shutdown: Option<SyncSender<FlushReport>>,
+    /// The endpoint could not be reached while stopping: the shutdown gives up.
+    unreachable: bool,
     /// Spans given up since the last flush answer.
     undelivered: usize,
     /// Causes already logged: each distinct failure is logged once, not per batch.
@@ -205,6 +207,7 @@ impl SpanExportActor {
             in_flight: None,
             flushes: Vec::new(),
             shutdown: None,
+            unreachable: false,
             undelivered: 0,
             logged_causes: HashSet::new(),
         }
@@ -290,6 +293,9 @@ impl SpanExportActor {
             if let Some((body, _)) = act.in_flight.take() {
                 act.settle(body, delivery);
             }
+            if act.unreachable {
+                return act.abandon(ctx);
+            }
             act.pump(ctx, false);
         }));
         self.in_flight = Some((body, handle));
@@ -338,6 +344,14 @@ impl SpanExportActor {
                     "the trace endpoint refused a batch; dropping it",
                     spans,
                 );
+            }
+            Delivery::Unreachable { .. } => {
+                // Only while stopping (transport module doc): the shutdown gives up now, and
+                // this body is counted lost with everything else still held (one log line,
+                // written by the processor with the count).
+                self.pending.push_front(body);
+                self.unreachable = true;
+                return;
             }
             Delivery::Failed { cause } => {
                 // Still deliverable: keep it (its spans stay counted by the gauge) and try again.
@@ -469,6 +483,7 @@ impl Handler<Shutdown> for SpanExportActor {
             return;
         }
         self.shutdown = Some(msg.reply);
+        self.transport.stopping();
         self.accept_staged();
         self.drain_tail();
         let remaining = msg.deadline.saturating_duration_since(Instant::now());

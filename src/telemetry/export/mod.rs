@@ -30,7 +30,7 @@ pub use tail::{
     DROPPED as TAIL_DROPPED, REASON_ATTRIBUTE as TAIL_REASON_ATTRIBUTE, RootDecider, TailPolicy,
     TailReason, install as install_tail_sampling, root_decider,
 };
-pub use transport::RetryPolicy;
+pub use transport::{RetryPolicy, STOPPING_RETRY};
 
 use crate::telemetry::config::TelemetrySettings;
 use actor::{QueueGauge, SpanExportActor, Staging};

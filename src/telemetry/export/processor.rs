@@ -154,7 +154,7 @@ impl SpanProcessor for ActorSpanProcessor {
             let _ = thread.join();
         }
         if report.undelivered > 0 {
-            slog::warn!(logging::logger(), "spans lost at shutdown: the trace endpoint did not take them in time";
+            slog::warn!(logging::logger(), "spans lost at shutdown: the trace endpoint did not take them in time, or could not be reached";
                 "spans" => report.undelivered,
             );
             return Err(OTelSdkError::InternalFailure(format!(

@@ -7,7 +7,16 @@
 //!                                  │                                            └─ again, until the deadline ─▶ Failed
 //!                                  └▶ any other status ────────────────────────▶ Rejected (never retried)
 //! ```
+//!
+//! **At shutdown, an endpoint that cannot be reached is given up quickly.** Retrying a refused
+//! connection for the whole flush budget (`OTEL_BSP_EXPORT_TIMEOUT`, 30 s) only holds the exit:
+//! nothing listens there, and a process that is being replaced should go. Once the actor says
+//! the process is stopping ([`Transport::stopping`]), a failed connection is tried once more
+//! after [`STOPPING_RETRY`] and then reported [`Delivery::Unreachable`]; a backoff wait in
+//! progress ends at once. An endpoint that answers, however slowly or with 503s, still gets the
+//! whole budget.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,6 +26,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse
 use prost::Message;
 use reqwest::StatusCode;
 use reqwest::header::{self, HeaderMap, HeaderValue};
+use tokio::sync::Notify;
 use url::Url;
 
 use crate::telemetry::config::{Compression, TelemetrySettings};
@@ -34,6 +44,9 @@ pub enum Attempt {
         cause: String,
         retry_after: Option<Duration>,
     },
+    /// No connection could be made (refused, unreachable): worth repeating, except when the
+    /// process is stopping.
+    Unreachable { cause: String },
     /// The server refused the batch for good.
     Rejected { cause: String },
 }
@@ -52,7 +65,16 @@ pub enum Delivery {
     Failed {
         cause: String,
     },
+    /// The process is stopping and the endpoint could not be reached, once more after
+    /// [`STOPPING_RETRY`]: the spans are given up.
+    Unreachable {
+        cause: String,
+    },
 }
+
+/// The one short retry round, once the process is stopping, before an unreachable endpoint is
+/// given up.
+pub const STOPPING_RETRY: Duration = Duration::from_millis(250);
 
 /// Exponential backoff with jitter: the n-th wait is `initial · multiplier^n`, capped at `max`,
 /// then spread uniformly over ±`jitter` of itself (so replicas do not retry in lockstep).
@@ -156,6 +178,10 @@ pub struct Transport {
     gzip: Mutex<Gzip>,
     attempt_timeout: Duration,
     policy: RetryPolicy,
+    /// Set when the process is stopping (module doc).
+    stopping: AtomicBool,
+    /// Ends a backoff wait when the process starts stopping.
+    stopped: Notify,
 }
 
 impl Transport {
@@ -193,7 +219,20 @@ impl Transport {
             }),
             attempt_timeout: settings.export_timeout,
             policy,
+            stopping: AtomicBool::new(false),
+            stopped: Notify::new(),
         })
+    }
+
+    /// The process is stopping: an unreachable endpoint is given up after one short retry,
+    /// and a backoff wait in progress ends now.
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        self.stopped.notify_waiters();
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     /// The endpoint without credentials or query, fit for a log line.
@@ -268,6 +307,8 @@ impl Transport {
                 };
                 return if err.is_builder() {
                     Attempt::Rejected { cause }
+                } else if err.is_connect() {
+                    Attempt::Unreachable { cause }
                 } else {
                     Attempt::Retryable {
                         cause,
@@ -315,8 +356,9 @@ impl Transport {
         mut on_retry: impl FnMut(),
     ) -> Delivery {
         let mut backoff = Backoff::new(self.policy, jitter_source());
+        let mut unreachable_while_stopping = 0;
         loop {
-            match self.attempt(body.clone(), deadline).await {
+            let (cause, retry_after) = match self.attempt(body.clone(), deadline).await {
                 Attempt::Accepted {
                     rejected_spans,
                     message,
@@ -327,15 +369,34 @@ impl Transport {
                     };
                 }
                 Attempt::Rejected { cause } => return Delivery::Rejected { cause },
-                Attempt::Retryable { cause, retry_after } => {
-                    let wait = backoff.next_delay().max(retry_after.unwrap_or_default());
-                    if Instant::now() + wait >= deadline {
-                        return Delivery::Failed { cause };
+                Attempt::Unreachable { cause } if self.is_stopping() => {
+                    if unreachable_while_stopping > 0 || Instant::now() + STOPPING_RETRY >= deadline
+                    {
+                        return Delivery::Unreachable { cause };
                     }
-                    tokio::time::sleep(wait).await;
+                    unreachable_while_stopping += 1;
+                    tokio::time::sleep(STOPPING_RETRY).await;
                     on_retry();
+                    continue;
+                }
+                Attempt::Retryable { cause, retry_after } => (cause, retry_after),
+                Attempt::Unreachable { cause } => (cause, None),
+            };
+            let wait = backoff.next_delay().max(retry_after.unwrap_or_default());
+            if Instant::now() + wait >= deadline {
+                return Delivery::Failed { cause };
+            }
+            // Registered before the flag is read: a stop between the two still ends the wait.
+            let stopped = self.stopped.notified();
+            tokio::pin!(stopped);
+            stopped.as_mut().enable();
+            if !self.is_stopping() {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stopped => {}
                 }
             }
+            on_retry();
         }
     }
 }
