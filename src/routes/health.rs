@@ -29,8 +29,8 @@ pub struct ReadyJson {
     pub redis: &'static str,
     /// Present (true) while the process is stopping: it still serves, but takes no new work
     /// from a balancer.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub draining: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub draining: Option<bool>,
 }
 
 /// Readiness: Postgres and Redis both answer, and the process is not stopping.
@@ -47,7 +47,7 @@ pub async fn ready(state: State) -> HttpResponse {
     let body = ReadyJson {
         postgres: word(postgres.is_ok()),
         redis: word(redis.is_ok()),
-        draining,
+        draining: draining.then_some(true),
     };
     if postgres.is_ok() && redis.is_ok() && !draining {
         HttpResponse::Ok().json(body)
