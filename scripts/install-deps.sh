@@ -30,6 +30,8 @@ need_cmd make make
 for pkg in libpq-dev libssl-dev pkg-config; do have_pkg "$pkg" || missing+=("$pkg"); done
 if [ "$mode" = test ]; then
   need_cmd promtool prometheus
+  # The load balancer in front of several replicas (tests/api/replicas.rs).
+  need_cmd haproxy haproxy
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 fi
 

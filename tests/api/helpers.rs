@@ -25,12 +25,12 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 pub const PASSWORD: &str = "correct-horse-battery";
 
 /// The Postgres and Redis of this machine; overridable for other set-ups.
-fn postgres_base() -> String {
+pub fn postgres_base() -> String {
     std::env::var("TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
-fn redis_url() -> String {
+pub fn redis_url() -> String {
     std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 

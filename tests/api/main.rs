@@ -22,6 +22,7 @@ mod methods;
 mod observability;
 mod posts;
 mod protocol_errors;
+mod replicas;
 mod search;
 mod tail_sampling;
 mod throttle;
