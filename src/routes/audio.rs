@@ -61,6 +61,8 @@ pub struct AudioFile(pub Vec<u8>);
         (status = 415, description = "Not one of the accepted audio types", body = ErrorBody),
         (status = 429, description = "`audio_pending_limit`: AUDIO_PENDING_PER_USER uploads of this \
             user are still being processed; try again after `Retry-After`", body = ErrorBody),
+        (status = 503, description = "Object storage (AUDIO_STORAGE_URL) is unreachable; nothing \
+            was stored; try again after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn upload(
@@ -104,7 +106,7 @@ pub async fn upload(
                 format!("the upload was interrupted: {why}"),
             ),
             ReceiveError::Io(e) => AppError::internal("storing the upload", e),
-            ReceiveError::Storage(e) => AppError::unavailable("audio storage", e),
+            ReceiveError::Storage(e) => AppError::unavailable("object_storage", e),
         })?;
 
     // The request's own span: the job continues this trace (CONTRACT.md §6).
@@ -235,6 +237,8 @@ async fn check_upload(
         (status = 409, description = "The audio is not ready (pending, processing or failed)", body = ErrorBody),
         (status = 416, description = "The range lies outside the file", body = ErrorBody,
             headers(("Content-Range" = String, description = "`bytes */size`"))),
+        (status = 503, description = "Object storage (AUDIO_STORAGE_URL) is unreachable; try again \
+            after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn download(
@@ -323,7 +327,7 @@ pub async fn download(
 /// Object storage out of reach is an outage (503, retry later); a local disk's error is a fault.
 fn storage_fault(err: StorageError) -> AppError {
     match err {
-        StorageError::Object(e) => AppError::unavailable("audio storage", e),
+        StorageError::Object(e) => AppError::unavailable("object_storage", e),
         other => AppError::internal("reading the audio", other),
     }
 }
