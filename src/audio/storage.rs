@@ -21,6 +21,10 @@
 //! service rather than redirect to a presigned URL: the client keeps one URL, one origin and the
 //! service's `ETag`, and the bucket stays private (docs/audio.md).
 //!
+//! The local directory is our own code rather than `object_store`'s `LocalFileSystem`: ffmpeg
+//! works on the stored files in place (no copy into a scratch directory), the store stage is an
+//! atomic rename, a received upload is synced to disk, and the layout stays what it was.
+//!
 //! Calls to object storage are CLIENT spans ([`s3`]); the local directory has none.
 
 mod s3;
