@@ -4,7 +4,8 @@
 #
 #   scripts/install-deps.sh run    Postgres, Redis, ffmpeg, the build's libraries
 #   scripts/install-deps.sh test   the same, plus promtool (Debian's prometheus), python3-venv,
-#                                  cargo-nextest and the schemathesis virtualenv
+#                                  cargo-nextest, and the schemathesis and moto (S3 server)
+#                                  virtualenvs
 #
 # Debian packages need root (apt-get): without it, the script stops at once and prints the one
 # command to run. With DATABASE_URL or REDIS_URL set (your own servers), that server is not
@@ -57,4 +58,5 @@ fi
 if [ "$mode" = test ]; then
   cargo nextest --version >/dev/null 2>&1 || cargo install cargo-nextest --locked
   scripts/schemathesis.sh install
+  scripts/moto.sh install
 fi

@@ -51,8 +51,12 @@ pub struct Settings {
 /// Uploads and their background processing (CONTRACT.md §1 and §6).
 #[derive(Debug, Clone)]
 pub struct AudioSettings {
-    /// `AUDIO_STORAGE_DIR`: uploaded and processed files (created if missing).
+    /// `AUDIO_STORAGE_DIR`: uploaded and processed files (created if missing), unless
+    /// `object_storage` is set.
     pub storage_dir: PathBuf,
+    /// `AUDIO_STORAGE_URL` and the `AWS_*` variables: S3-compatible object storage instead of
+    /// `storage_dir`.
+    pub object_storage: Option<ObjectStorageSettings>,
     /// `AUDIO_MAX_BYTES`: the largest upload, enforced while the body streams in.
     pub max_bytes: u64,
     /// `AUDIO_WORKERS`: jobs this process runs at once.
@@ -70,6 +74,125 @@ pub struct AudioSettings {
     pub quota_bytes: u64,
     /// `AUDIO_PENDING_PER_USER`: unfinished jobs per user.
     pub pending_per_user: u32,
+}
+
+/// The standard AWS variables handed to the S3 client as they are (credentials, region,
+/// endpoint, and the web-identity and container credential sources).
+pub const AWS_VARIABLES: [&str; 13] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+];
+
+/// S3-compatible object storage: `AUDIO_STORAGE_URL=s3://bucket/prefix` and the `AWS_*`
+/// variables.
+#[derive(Clone)]
+pub struct ObjectStorageSettings {
+    pub bucket: String,
+    /// Prepended to every key, without slashes at either end; empty for none.
+    pub prefix: String,
+    /// `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`: an S3-compatible server, addressed
+    /// path-style; `http://` is allowed. `None`: Amazon S3 itself.
+    pub endpoint: Option<Url>,
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`, else `us-east-1`.
+    pub region: String,
+    /// Every variable of [`AWS_VARIABLES`] that is set, by name. Holds credentials: never
+    /// logged (the `Debug` output shows the names only).
+    pub aws: Vec<(&'static str, String)>,
+}
+
+impl fmt::Debug for ObjectStorageSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.aws.iter().map(|(name, _)| *name).collect();
+        f.debug_struct("ObjectStorageSettings")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("endpoint", &self.endpoint.as_ref().map(Url::as_str))
+            .field("region", &self.region)
+            .field("aws", &names)
+            .finish()
+    }
+}
+
+impl ObjectStorageSettings {
+    /// Reads `AUDIO_STORAGE_URL` (unset: `None`) and, when it is set, the `AWS_*` variables.
+    fn from_source(env: &Env<'_>) -> Result<Option<Self>, ConfigError> {
+        const VAR: &str = "AUDIO_STORAGE_URL";
+        let Some(raw) = env.get(VAR) else {
+            return Ok(None);
+        };
+        let url = check_url(VAR, raw.trim(), &["s3"])?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(ConfigError::new(
+                VAR,
+                "credentials do not belong in the URL; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() || url.port().is_some() {
+            return Err(ConfigError::new(
+                VAR,
+                format!("{raw:?} is not of the form s3://bucket/prefix"),
+            ));
+        }
+        let bucket = url.host_str().unwrap_or_default().to_owned();
+        if !valid_bucket(&bucket) {
+            return Err(ConfigError::new(
+                VAR,
+                format!("{bucket:?} is not a bucket name (3 to 63 of a-z, 0-9, '.', '-')"),
+            ));
+        }
+        let prefix = url.path().trim_matches('/').to_owned();
+        // The URL parser has resolved `.` and `..` already.
+        if prefix.contains("//") {
+            return Err(ConfigError::new(
+                VAR,
+                format!("the prefix {prefix:?} has an empty segment"),
+            ));
+        }
+        let endpoint = match env
+            .get("AWS_ENDPOINT_URL_S3")
+            .map(|v| ("AWS_ENDPOINT_URL_S3", v))
+            .or_else(|| env.get("AWS_ENDPOINT_URL").map(|v| ("AWS_ENDPOINT_URL", v)))
+        {
+            None => None,
+            Some((name, raw)) => Some(check_url(name, raw.trim(), &["http", "https"])?),
+        };
+        let region = env
+            .get("AWS_REGION")
+            .or_else(|| env.get("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".to_owned());
+        let aws = AWS_VARIABLES
+            .iter()
+            .filter_map(|name| env.get(name).map(|value| (*name, value.trim().to_owned())))
+            .collect();
+        Ok(Some(Self {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            aws,
+        }))
+    }
+}
+
+/// S3's bucket naming rules, the part that a URL's host can break.
+fn valid_bucket(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
 /// What a client meets (CONTRACT.md §1 "Limits"), apart from the audio ones.
@@ -366,6 +489,7 @@ impl Settings {
             tracecontext_test_endpoint: env.bool("TRACECONTEXT_TEST_ENDPOINT", false)?,
             audio: AudioSettings {
                 storage_dir: PathBuf::from(env.string("AUDIO_STORAGE_DIR", "./data/audio")),
+                object_storage: ObjectStorageSettings::from_source(env)?,
                 max_bytes: env.bounded("AUDIO_MAX_BYTES", 52_428_800u64, 1, 1 << 40)?,
                 workers: env.bounded("AUDIO_WORKERS", 1usize, 0, 256)?,
                 job_lease: env.seconds("AUDIO_JOB_LEASE_S", 60, 1, 86_400)?,
@@ -466,6 +590,55 @@ mod tests {
         let err = settings(&[("DATABASE_URL", "mysql://u:hunter2@db/x")]).unwrap_err();
         assert_eq!(err.variable, "DATABASE_URL");
         assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn the_storage_url_selects_object_storage() {
+        let s = settings(&[]).unwrap();
+        assert!(s.audio.object_storage.is_none());
+        let s = settings(&[
+            ("AUDIO_STORAGE_URL", "s3://audio-bucket/sidechain/prod/"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9000"),
+            ("AWS_ACCESS_KEY_ID", "AKIA"),
+            ("AWS_SECRET_ACCESS_KEY", "hunter2"),
+            ("AWS_DEFAULT_REGION", "eu-west-3"),
+        ])
+        .unwrap();
+        let object = s.audio.object_storage.expect("object storage");
+        assert_eq!(object.bucket, "audio-bucket");
+        assert_eq!(object.prefix, "sidechain/prod");
+        assert_eq!(object.region, "eu-west-3");
+        assert_eq!(
+            object.endpoint.as_ref().map(Url::as_str),
+            Some("http://127.0.0.1:9000/")
+        );
+        assert_eq!(object.aws.len(), 4);
+        assert!(!format!("{object:?}").contains("hunter2"));
+        let bare = settings(&[("AUDIO_STORAGE_URL", "s3://bucket")]).unwrap();
+        assert_eq!(bare.audio.object_storage.unwrap().prefix, "");
+    }
+
+    #[test]
+    fn a_bad_storage_url_names_its_variable() {
+        for bad in [
+            "bucket/prefix",
+            "https://bucket/prefix",
+            "s3://",
+            "s3://Bad_Bucket/x",
+            "s3://key:secret@bucket/x",
+            "s3://bucket/a//b",
+            "s3://bucket/x?region=y",
+        ] {
+            let err = settings(&[("AUDIO_STORAGE_URL", bad)]).unwrap_err();
+            assert_eq!(err.variable, "AUDIO_STORAGE_URL", "{bad}");
+            assert!(!err.to_string().contains("secret"), "{err}");
+        }
+        let err = settings(&[
+            ("AUDIO_STORAGE_URL", "s3://bucket"),
+            ("AWS_ENDPOINT_URL", "localhost:9000"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.variable, "AWS_ENDPOINT_URL");
     }
 
     #[test]

@@ -66,11 +66,8 @@ pub enum StartupError {
     Bind(#[from] std::io::Error),
     #[error("could not start the password-hashing threads: {0}")]
     HashingThreads(std::io::Error),
-    #[error("could not create AUDIO_STORAGE_DIR {path:?}: {source}")]
-    AudioStorage {
-        path: std::path::PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    AudioStorage(#[from] crate::audio::storage::OpenError),
 }
 
 /// Set from the first SIGTERM/SIGINT on: `/ready` fails and responses close their
@@ -109,12 +106,7 @@ impl Application {
             .recommender
             .as_ref()
             .map(|r| RecommenderClient::new(http.clone(), r.base_url.clone(), r.timeout));
-        let storage = AudioStorage::open(&settings.audio.storage_dir).map_err(|source| {
-            StartupError::AudioStorage {
-                path: settings.audio.storage_dir.clone(),
-                source,
-            }
-        })?;
+        let storage = AudioStorage::open(&settings.audio)?;
         let limits = UploadLimits {
             quota_bytes: settings.audio.quota_bytes,
             pending_per_user: settings.audio.pending_per_user,

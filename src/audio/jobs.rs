@@ -6,7 +6,8 @@
 //!  worker ─▶ claim: the oldest job of the author with the fewest running jobs,
 //!           FOR UPDATE SKIP LOCKED, `running`, attempts + 1, lease = now + AUDIO_JOB_LEASE_S
 //!           ─▶ renew the lease while the stages run
-//!           ─▶ finish: job `done` + post `ready`  |  fail: `failed` + reason  |  retry: `queued`
+//!           ─▶ finish: job `done` + post `ready`  |  fail: `failed` + reason
+//!              | retry: `queued`, not claimed before now + RETRY_DELAY × 2^(attempts − 1)
 //!  a worker that dies stops renewing ─▶ lease expires ─▶ any worker's claim takes the job again
 //! ```
 //!
@@ -40,6 +41,20 @@ pub struct UploadLimits {
     pub quota_bytes: u64,
     /// `AUDIO_PENDING_PER_USER`: unfinished jobs per user.
     pub pending_per_user: u32,
+}
+
+/// The wait before a job's second attempt after a transient failure (a storage or database
+/// outage); it doubles with each attempt, up to [`MAX_RETRY_DELAY`]. Retrying at once would spend
+/// every attempt within the outage.
+pub const RETRY_DELAY: Duration = Duration::from_secs(5);
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
+/// The wait before the attempt after attempt `attempts` (module doc).
+pub fn retry_delay(attempts: i32) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(16);
+    (RETRY_DELAY * 2u32.pow(doublings)).min(MAX_RETRY_DELAY)
 }
 
 /// How long a client refused for too many unfinished jobs is asked to wait: about one short
@@ -251,7 +266,8 @@ pub fn claim(conn: &mut PgConnection, lease: Duration) -> QueryResult<Option<Cla
                LEFT JOIN (SELECT author_id, count(*) AS n FROM audio_jobs \
                           WHERE state = 'running' AND leased_until >= now() \
                           GROUP BY author_id) busy ON busy.author_id = a.author_id \
-               WHERE a.state = 'queued' OR (a.state = 'running' AND a.leased_until < now()) \
+               WHERE (a.state = 'queued' AND (a.leased_until IS NULL OR a.leased_until <= now())) \
+                  OR (a.state = 'running' AND a.leased_until < now()) \
                ORDER BY coalesce(busy.n, 0), a.created_at \
                LIMIT 1 FOR UPDATE OF a SKIP LOCKED) next \
          WHERE j.id = next.id \
@@ -415,7 +431,8 @@ pub fn finish(
 }
 
 /// Ends the job: `failed` for good (post `failed` with the reason) or, when `retry`, `queued`
-/// again for another attempt (post back to `pending`).
+/// again for another attempt (post back to `pending`), to be claimed after [`retry_delay`]
+/// (a queued job's `leased_until` says when).
 pub fn fail(
     conn: &mut PgConnection,
     job: &ClaimedJob,
@@ -427,6 +444,11 @@ pub fn fail(
     } else {
         ("failed", AudioStatus::Failed)
     };
+    // The database's clock, as the claim's.
+    let not_before = diesel::dsl::sql::<Nullable<diesel::sql_types::Timestamptz>>(&format!(
+        "CASE WHEN {retry} THEN now() + make_interval(secs => {}) END",
+        retry_delay(job.attempts).as_secs()
+    ));
     write_claimed(
         conn,
         job,
@@ -434,7 +456,7 @@ pub fn fail(
             diesel::update(this_claim(job))
                 .set((
                     audio_jobs::state.eq(state),
-                    audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
+                    audio_jobs::leased_until.eq(not_before),
                     audio_jobs::last_error.eq(reason),
                     audio_jobs::updated_at.eq(diesel::dsl::now),
                 ))

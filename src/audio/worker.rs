@@ -7,7 +7,7 @@
 //!       │                                        ├─ audio.probe     ffprobe          │ select: stages,
 //!       │                                        ├─ audio.transcode ffmpeg ─▶ event │ lease renewal
 //!       │                                        ├─ audio.waveform  ffmpeg PCM      │ (lost ⇒ stop),
-//!       │                                        └─ audio.store     rename + UPDATE ┘ shutdown (release)
+//!       │                                        └─ audio.store     put + UPDATE    ┘ shutdown (release)
 //!       └── idle: sleep POLL_INTERVAL, or woken by an upload in this process, or stopped
 //! ```
 //!
@@ -18,6 +18,11 @@
 //! notifications synchronously), and it would still need the poll: an expired lease, the thing
 //! that recovers a killed replica's job, announces itself to no one. The poll is one indexed
 //! statement (a partial index holds only open jobs), so it costs next to nothing.
+//!
+//! ffmpeg reads and writes local files: the attempt's [`Workspace`](super::storage::Workspace), which with
+//! object storage is a scratch directory the source is first fetched into (a `GetObject` span
+//! under `audio.process`) and which goes when the attempt ends. A storage call that fails, after
+//! the store's own retries, fails the attempt as transient: it is retried later (jobs.rs).
 //!
 //! The poll's statements are not traced: they would start a trace of their own every half
 //! second per idle worker. Everything a job does from its claim on is traced, in the job's trace:
@@ -38,6 +43,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::ffmpeg::{self, Bounds, Demuxer, MP3_BIT_RATE, StageError, Toolchain};
 use super::jobs::{self, ClaimedJob, Processed, Written};
+use super::storage::StorageError;
 use super::{AudioService, AudioStorage};
 use crate::cache::feed::{FeedCache, FeedChange};
 use crate::config::AudioSettings;
@@ -298,15 +304,17 @@ impl Worker {
         // Enqueued from ACCEPTED_TYPES only; a row written by hand with another type fails.
         let demuxer = Demuxer::for_type(&job.source_type)
             .ok_or_else(|| StageError::input("unsupported audio type", None))?;
-        let source = self.storage.source_path(job.post_id, job.id);
-        let partial = self
+        // Dropped when this attempt ends, however it ends: what it leaves behind goes with it.
+        let workspace = self
             .storage
-            .partial_mp3_path(job.post_id, job.id, job.attempts);
-        let mp3 = self.storage.mp3_path(job.post_id, job.id);
+            .workspace(job.post_id, job.id, job.attempts)
+            .await
+            .map_err(|err| storage_fault("fetching the upload", &err))?;
+        let (source, partial) = (&workspace.source, &workspace.partial);
 
         let span = stage_span(AudioStage::Probe, job.source_bytes);
         let (probe, code) = timed(AudioStage::Probe, &span, async {
-            let (probe, code) = ffmpeg::probe(&source, demuxer, timeout).await?;
+            let (probe, code) = ffmpeg::probe(source, demuxer, timeout).await?;
             check_duration(&probe, self.max_duration)?;
             Ok((probe, code))
         })
@@ -322,8 +330,8 @@ impl Worker {
 
         let span = stage_span(AudioStage::Transcode, job.source_bytes);
         let transcode = async {
-            let code = ffmpeg::transcode(&source, demuxer, &partial, bounds).await?;
-            let bytes = file_size(&partial).await?;
+            let code = ffmpeg::transcode(source, demuxer, partial, bounds).await?;
+            let bytes = file_size(partial).await?;
             Ok((code, bytes))
         };
         let (code, mp3_bytes) = timed(AudioStage::Transcode, &span, transcode).await?;
@@ -343,7 +351,7 @@ impl Worker {
         let (waveform, code) = timed(
             AudioStage::Waveform,
             &span,
-            ffmpeg::waveform(&source, demuxer, bounds),
+            ffmpeg::waveform(source, demuxer, bounds),
         )
         .await?;
         record_exit(&span, code);
@@ -357,9 +365,10 @@ impl Worker {
             mp3_bytes,
         };
         let store = async {
-            tokio::fs::rename(&partial, &mp3)
+            self.storage
+                .store_mp3(&workspace, job.post_id, job.id)
                 .await
-                .map_err(|_| StageError::server("could not store the processed audio"))?;
+                .map_err(|err| storage_fault("storing the processed audio", &err))?;
             let claimed = job.clone();
             self.db
                 .run(move |conn| jobs::finish(conn, &claimed, &processed))
@@ -368,9 +377,10 @@ impl Worker {
         };
         let written = timed(AudioStage::Store, &span, store).await?;
         span.record("audio.output.bytes", mp3_bytes);
+        drop(span);
         if written == Written::Done {
             // The MP3 is what is served; the source would only hold quota and disk.
-            let _ = tokio::fs::remove_file(&source).await;
+            self.remove_source(job).await;
         }
         Ok(written)
     }
@@ -389,12 +399,7 @@ impl Worker {
                     "audio.job.id" => %job.id, "post.id" => %job.post_id);
             }
             Ending::Failed(err) => {
-                // This attempt's transcode, if it got that far, is of no use; the file is this
-                // attempt's alone, so it goes whoever holds the job now.
-                let partial = self
-                    .storage
-                    .partial_mp3_path(job.post_id, job.id, job.attempts);
-                let _ = tokio::fs::remove_file(partial).await;
+                // This attempt's transcode, if it got that far, went with its workspace.
                 let retry = err.transient && job.attempts < self.max_attempts;
                 let claimed = job.clone();
                 let reason = err.reason.clone();
@@ -407,8 +412,7 @@ impl Worker {
                     Ok(Written::Done) if !retry => {
                         // Failed for good: nothing will read the source again, and it would
                         // hold the author's quota.
-                        let source = self.storage.source_path(job.post_id, job.id);
-                        let _ = tokio::fs::remove_file(source).await;
+                        self.remove_source(job).await;
                         self.feeds
                             .changed(job.author_id, FeedChange::PostChanged)
                             .await
@@ -461,11 +465,23 @@ impl Worker {
             .run(move |conn| Ok(jobs::is_superseded(conn, &claimed)?))
             .await
             .unwrap_or(false);
-        if superseded {
-            self.storage.remove_upload(job.post_id, job.id).await;
+        if superseded && let Err(err) = self.storage.remove_upload(job.post_id, job.id).await {
+            slog::warn!(logging::logger(), "could not remove a superseded upload's audio";
+                "audio.job.id" => %job.id, "post.id" => %job.post_id, "error" => %ErrorChain(&err));
         }
         slog::info!(logging::logger(), "audio job no longer ours";
             "audio.job.id" => %job.id, "post.id" => %job.post_id, "superseded" => superseded);
+    }
+}
+
+impl Worker {
+    /// Removes the job's source once nothing will read it again. Left behind on failure, it
+    /// holds storage but no quota (the quota counts sources of unfinished jobs only): logged.
+    async fn remove_source(&self, job: &ClaimedJob) {
+        if let Err(err) = self.storage.remove_source(job.post_id, job.id).await {
+            slog::warn!(logging::logger(), "could not remove an audio job's source";
+                "audio.job.id" => %job.id, "post.id" => %job.post_id, "error" => %ErrorChain(&err));
+        }
     }
 }
 
@@ -543,6 +559,17 @@ async fn file_size(path: &std::path::Path) -> Result<i64, StageError> {
         .await
         .map(|m| m.len() as i64)
         .map_err(|_| StageError::server("the transcoded audio is missing"))
+}
+
+/// A storage call that failed: the source gone is final (the upload cannot be read again);
+/// anything else is a fault of the server, worth another attempt.
+fn storage_fault(what: &'static str, err: &StorageError) -> StageError {
+    if matches!(err, StorageError::NotFound) {
+        return StageError::input("the uploaded file is missing from storage", None);
+    }
+    slog::warn!(logging::logger(), "audio storage failed";
+        "operation" => what, "error" => %ErrorChain(err));
+    StageError::server("the audio storage is unavailable")
 }
 
 /// A fault of the server: logged with its cause (which may name internals), and reported with

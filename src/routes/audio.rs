@@ -2,16 +2,13 @@
 //! downloads the processed MP3, with `Range`.
 //!
 //! The upload takes the raw `web::Payload` stream: the app's 256 KiB body limit applies to the
-//! buffering extractors only, and this body is written to disk chunk by chunk, with
-//! `AUDIO_MAX_BYTES` checked on every chunk.
-
-use std::io::SeekFrom;
+//! buffering extractors only, and this body is written to storage chunk by chunk, with
+//! `AUDIO_MAX_BYTES` checked on every chunk. The download streams the stored MP3 (a ranged read
+//! of the file or object) through the service.
 
 use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -19,7 +16,7 @@ use super::auth::Authenticated;
 use super::json::{AudioJson, AudioUploadJson};
 use super::{State, parse_id};
 use crate::audio::jobs::{self, NewUpload};
-use crate::audio::storage::{RangeRequest, ReceiveError, drain, parse_range};
+use crate::audio::storage::{RangeRequest, ReceiveError, StorageError, drain, parse_range};
 use crate::audio::{ACCEPTED_TYPES, AudioStatus};
 use crate::cache::feed::FeedChange;
 use crate::errors::{AppError, ErrorBody};
@@ -64,6 +61,8 @@ pub struct AudioFile(pub Vec<u8>);
         (status = 415, description = "Not one of the accepted audio types", body = ErrorBody),
         (status = 429, description = "`audio_pending_limit`: AUDIO_PENDING_PER_USER uploads of this \
             user are still being processed; try again after `Retry-After`", body = ErrorBody),
+        (status = 503, description = "Object storage (AUDIO_STORAGE_URL) is unreachable; nothing \
+            was stored; try again after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn upload(
@@ -107,6 +106,7 @@ pub async fn upload(
                 format!("the upload was interrupted: {why}"),
             ),
             ReceiveError::Io(e) => AppError::internal("storing the upload", e),
+            ReceiveError::Storage(e) => AppError::unavailable("object_storage", e),
         })?;
 
     // The request's own span: the job continues this trace (CONTRACT.md §6).
@@ -129,12 +129,12 @@ pub async fn upload(
     let superseded = match queued {
         Ok(superseded) => superseded,
         Err(err) => {
-            audio.storage.remove_upload(post_id, upload_id).await;
+            remove_upload(&state, post_id, upload_id).await;
             return Err(err);
         }
     };
     if let Some(previous) = superseded {
-        audio.storage.remove_upload(post_id, previous).await;
+        remove_upload(&state, post_id, previous).await;
     }
     audio.job_queued();
     // Listings show the audio's state: the author sees `pending` at once, others within the
@@ -144,6 +144,15 @@ pub async fn upload(
         post_id,
         audio: AudioJson::pending(),
     }))
+}
+
+/// Removes an upload's files; a failure leaves garbage behind, not a wrong answer: logged.
+async fn remove_upload(state: &State, post: Uuid, upload: Uuid) {
+    if let Err(err) = state.audio.storage.remove_upload(post, upload).await {
+        slog::warn!(crate::telemetry::logging::logger(), "could not remove an upload's audio";
+            "post.id" => %post, "audio.upload.id" => %upload,
+            "error" => %crate::errors::ErrorChain(&err));
+    }
 }
 
 /// 404, 403, 415, 429 (unfinished jobs), and a `Content-Length` past the size limit (413) or
@@ -228,6 +237,8 @@ async fn check_upload(
         (status = 409, description = "The audio is not ready (pending, processing or failed)", body = ErrorBody),
         (status = 416, description = "The range lies outside the file", body = ErrorBody,
             headers(("Content-Range" = String, description = "`bytes */size`"))),
+        (status = 503, description = "Object storage (AUDIO_STORAGE_URL) is unreachable; try again \
+            after `Retry-After`", body = ErrorBody),
     )
 )]
 pub async fn download(
@@ -257,20 +268,19 @@ pub async fn download(
         }
     };
 
-    let file_path = state.audio.storage.mp3_path(post_id, upload);
-    let mut file = match tokio::fs::File::open(&file_path).await {
-        Ok(file) => file,
-        // Replaced or deleted since the row was read.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(AppError::NotFound("audio"));
-        }
-        Err(e) => return Err(AppError::internal("opening the audio", e)),
-    };
-    let size = file
-        .metadata()
+    let recorded = audio.bytes.and_then(|b| u64::try_from(b).ok());
+    let mp3 = match state
+        .audio
+        .storage
+        .open_mp3(post_id, upload, recorded)
         .await
-        .map_err(|e| AppError::internal("opening the audio", e))?
-        .len();
+    {
+        Ok(mp3) => mp3,
+        // Replaced or deleted since the row was read.
+        Err(StorageError::NotFound) => return Err(AppError::NotFound("audio")),
+        Err(e) => return Err(storage_fault(e)),
+    };
+    let size = mp3.size;
     // An upload's MP3 never changes: its id is a strong validator.
     let etag = format!("\"{}\"", upload.simple());
     let header_str = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
@@ -288,20 +298,22 @@ pub async fn download(
     };
 
     let mut response;
-    let length = match parse_range(range, size) {
+    let (start, length) = match parse_range(range, size) {
         RangeRequest::Full => {
             response = HttpResponse::Ok();
-            size
+            (0, size)
         }
         RangeRequest::Partial { start, end } => {
-            file.seek(SeekFrom::Start(start))
-                .await
-                .map_err(|e| AppError::internal("reading the audio", e))?;
             response = HttpResponse::PartialContent();
             response.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{size}")));
-            end - start + 1
+            (start, end - start + 1)
         }
         RangeRequest::Unsatisfiable => return Err(AppError::RangeNotSatisfiable { size }),
+    };
+    let body = match mp3.read(start, length).await {
+        Ok(body) => body,
+        Err(StorageError::NotFound) => return Err(AppError::NotFound("audio")),
+        Err(e) => return Err(storage_fault(e)),
     };
     Ok(response
         .content_type("audio/mpeg")
@@ -309,8 +321,13 @@ pub async fn download(
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
         .insert_header((header::ACCEPT_RANGES, "bytes"))
         .insert_header((header::ETAG, etag))
-        .body(SizedStream::new(
-            length,
-            ReaderStream::new(file.take(length)),
-        )))
+        .body(SizedStream::new(length, body)))
+}
+
+/// Object storage out of reach is an outage (503, retry later); a local disk's error is a fault.
+fn storage_fault(err: StorageError) -> AppError {
+    match err {
+        StorageError::Object(e) => AppError::unavailable("object_storage", e),
+        other => AppError::internal("reading the audio", other),
+    }
 }

@@ -115,7 +115,7 @@ pub async fn delete(
     // The rows are gone (jobs with them); a worker still busy with one finds it lost.
     if let Err(err) = state.audio.storage.remove_post(id).await {
         slog::warn!(crate::telemetry::logging::logger(), "could not remove a deleted post's audio";
-            "post.id" => %id, "error" => %err);
+            "post.id" => %id, "error" => %crate::errors::ErrorChain(&err));
     }
     state
         .feeds

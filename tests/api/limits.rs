@@ -288,7 +288,11 @@ async fn no_free_hashing_slot_is_503_busy_and_counts_no_failure() {
 /// closes the connection: after a linger (up to `DISCONNECT_TIMEOUT`, 5 s) in which it lets the
 /// client read the answer and close first, since closing a socket with unread input would
 /// reset it and could destroy the answer.
-async fn stalled_request(app: &TestApp, head: &str, first_bytes: &[u8]) -> (String, Duration) {
+pub(crate) async fn stalled_request(
+    app: &TestApp,
+    head: &str,
+    first_bytes: &[u8],
+) -> (String, Duration) {
     let addr = app.address.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream.write_all(head.as_bytes()).await.unwrap();

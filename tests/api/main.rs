@@ -6,6 +6,7 @@ mod helpers;
 
 mod audio;
 mod audio_limits;
+mod audio_storage;
 mod auth;
 mod bad_input;
 mod comments;
