@@ -49,6 +49,24 @@ dev-logs:
 	$(DEV_COMPOSE) logs -f backend
 # dev-stack:end
 
+# --- scale-out profile (docs/operations.md, "Scaling out") ---
+# scale:start
+# SCALE_REPLICAS backend replicas behind HAProxy (localhost:8080), audio in MinIO, spans
+# through the Collector gateway into Tempo (localhost:3201). A project of its own: it runs
+# beside `make dev` and `make scale-down` leaves the dev stack alone.
+SCALE_REPLICAS ?= 3
+SCALE_COMPOSE := SCALE_REPLICAS=$(SCALE_REPLICAS) docker compose -f deploy/docker-compose.scale.yml
+
+.PHONY: scale scale-down
+
+scale:
+	$(if $(filter-out 0,$(shell test "$(SCALE_REPLICAS)" -ge 1 -a "$(SCALE_REPLICAS)" -le 10 2>/dev/null; echo $$?)),$(error SCALE_REPLICAS must be 1 to 10 (deploy/haproxy/haproxy.cfg has 10 server slots), not '$(SCALE_REPLICAS)'))
+	$(SCALE_COMPOSE) up -d --build
+
+scale-down:
+	$(SCALE_COMPOSE) down
+# scale:end
+
 # --- benchmarks (BENCHMARKS.md) ---
 # bench:start
 # Exporter throughput, ours against opentelemetry-otlp (criterion, plus a CPU account printed at

@@ -3,7 +3,8 @@
 # script behind `make run`, `make test` and `.ci/run`.
 #
 #   scripts/install-deps.sh run    Postgres, Redis, ffmpeg, the build's libraries
-#   scripts/install-deps.sh test   the same, plus promtool (Debian's prometheus), python3-venv,
+#   scripts/install-deps.sh test   the same, plus promtool (Debian's prometheus), haproxy
+#                                  (tests/api/replicas.rs and its config check), python3-venv,
 #                                  cargo-nextest, and the schemathesis and moto (S3 server)
 #                                  virtualenvs
 #
@@ -31,7 +32,8 @@ need_cmd make make
 for pkg in libpq-dev libssl-dev pkg-config; do have_pkg "$pkg" || missing+=("$pkg"); done
 if [ "$mode" = test ]; then
   need_cmd promtool prometheus
-  # The load balancer in front of several replicas (tests/api/replicas.rs).
+  # The load balancer in front of several replicas (tests/api/replicas.rs), and the check of
+  # deploy/haproxy/haproxy.cfg (tests/scale_config.rs).
   need_cmd haproxy haproxy
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 fi
