@@ -3,8 +3,9 @@
 # script behind `make run`, `make test` and `.ci/run`.
 #
 #   scripts/install-deps.sh run    Postgres, Redis, ffmpeg, the build's libraries
-#   scripts/install-deps.sh test   the same, plus promtool (Debian's prometheus), python3-venv,
-#                                  cargo-nextest and the schemathesis virtualenv
+#   scripts/install-deps.sh test   the same, plus promtool (Debian's prometheus), the Postgres
+#                                  and Redis exporters, python3-venv, cargo-nextest and the
+#                                  schemathesis virtualenv
 #
 # Debian packages need root (apt-get): without it, the script stops at once and prints the one
 # command to run. With DATABASE_URL or REDIS_URL set (your own servers), that server is not
@@ -30,6 +31,9 @@ need_cmd make make
 for pkg in libpq-dev libssl-dev pkg-config; do have_pkg "$pkg" || missing+=("$pkg"); done
 if [ "$mode" = test ]; then
   need_cmd promtool prometheus
+  # tests/observability_config.rs runs them against the local Postgres and Redis.
+  need_cmd prometheus-postgres-exporter prometheus-postgres-exporter
+  need_cmd prometheus-redis-exporter prometheus-redis-exporter
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 fi
 
