@@ -115,7 +115,7 @@ struct Shared {
     /// The mix in force: MIX with MIXED_WEIGHTS applied.
     mix: Vec<(&'static str, u32)>,
     /// Set by SIGTERM/SIGINT: workers start no new request.
-    stopping: std::sync::atomic::AtomicBool,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
     /// Time between two requests of one connection (`MIXED_RATE`), none when unpaced.
     pace: Option<Duration>,
     client: reqwest::Client,
@@ -483,8 +483,9 @@ async fn posts_from_feed(client: &reqwest::Client, base: &str) -> Result<Vec<Str
     Ok(posts)
 }
 
-/// Sets `stopping` at the first SIGTERM or SIGINT (`docker stop`, Ctrl-C).
-fn stop_on_signal(shared: Arc<Shared>) -> Result<(), String> {
+/// Sets `stopping` at the first SIGTERM or SIGINT (`docker stop`, Ctrl-C). Installed first
+/// thing, so that a signal during start-up (reading the post ids) also ends the run cleanly.
+fn stop_on_signal(stopping: Arc<std::sync::atomic::AtomicBool>) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT: {e}"))?;
@@ -494,14 +495,14 @@ fn stop_on_signal(shared: Arc<Shared>) -> Result<(), String> {
             _ = int.recv() => {}
         }
         eprintln!("mixed_load: stopping: no new request; the report follows");
-        shared
-            .stopping
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
     });
     Ok(())
 }
 
 async fn run() -> Result<(), String> {
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    stop_on_signal(stopping.clone())?;
     let base = std::env::var("MIXED_BASE").unwrap_or_else(|_| "http://127.0.0.1:19201".into());
     let host = url::Url::parse(&base)
         .map_err(|e| format!("MIXED_BASE: {e}"))?
@@ -547,7 +548,7 @@ async fn run() -> Result<(), String> {
     let shared = Arc::new(Shared {
         base,
         mix,
-        stopping: false.into(),
+        stopping,
         pace: (rate > 0).then(|| Duration::from_secs_f64(conns as f64 / rate as f64)),
         client,
         posts,
@@ -558,7 +559,6 @@ async fn run() -> Result<(), String> {
         max_requests,
     });
 
-    stop_on_signal(shared.clone())?;
     let until = Instant::now() + warmup + duration;
     let mut tasks = Vec::new();
     for i in 0..conns {

@@ -561,6 +561,9 @@ async fn derived_field_link(client: &reqwest::Client, stack: &Stack, lines: &[St
             .ok_or("the Loki data source has no derived field linking to Tempo")?;
         let pattern = unescape_provisioning(field["matcherRegex"].as_str().ok_or("derived field without matcherRegex")?);
         let regex = Regex::new(&pattern).map_err(|e| format!("matcherRegex {pattern:?}: {e}"))?;
+        if lines.is_empty() {
+            return Err("no log line of the trace to read (see the link above)".to_owned());
+        }
         let id = lines
             .iter()
             .find_map(|line| regex.captures(line).and_then(|c| c.get(1)).map(|m| m.as_str().to_owned()))
