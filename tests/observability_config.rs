@@ -3789,3 +3789,85 @@ fn load_generator_is_the_benchmark_driver_aimed_at_the_backend() {
     let bench_seed = read("scripts/bench/seed.sql");
     assert!(bench_seed.contains("\\if :{?keep_data}\n\\else\nTRUNCATE"));
 }
+
+// --- span weight and OTLP logs ---
+
+/// The attribute the backend writes its sampling ratio in (CONTRACT.md §3), as tempo.yaml
+/// names it for both processors that count spans (Tempo 2.8.2 reads it as a double ratio p,
+/// span or resource attribute, and counts the span 1/p times).
+const SAMPLING_RATIO_ATTRIBUTE: &str = "sampling.ratio";
+
+#[test]
+fn tempo_scales_span_metrics_and_the_service_graph_by_the_sampling_ratio() {
+    let file = "observability/tempo/tempo.yaml";
+    let tempo = yaml(file);
+    for processor in ["span_metrics", "service_graphs"] {
+        assert_eq!(
+            yaml_str(
+                &tempo,
+                &[
+                    "metrics_generator",
+                    "processor",
+                    processor,
+                    "span_multiplier_key"
+                ],
+                file
+            ),
+            SAMPLING_RATIO_ATTRIBUTE,
+            "{processor}.span_multiplier_key"
+        );
+    }
+    // The guide tells the Rust side (and users) the same name, its type and its meaning.
+    let guide = readme_guide();
+    assert!(guide.contains(&format!("| `{SAMPLING_RATIO_ATTRIBUTE}` | double |")));
+    assert!(read(file).contains(&format!("{SAMPLING_RATIO_ATTRIBUTE} = p  (double")));
+}
+
+#[test]
+fn otlp_logs_reach_loki_with_the_same_stream_label_as_shipped_lines() {
+    let compose = compose();
+    let env = environment(service(&compose, BACKEND_SERVICE));
+    let endpoint = env
+        .get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+        .expect("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT");
+    let url = url::Url::parse(endpoint).expect("a URL");
+    assert_eq!(url.host_str(), Some("loki"));
+    assert_eq!(url.port(), Some(3100));
+    assert_eq!(url.path(), "/otlp/v1/logs");
+
+    // Loki indexes exactly one resource attribute, and it is the label the shippers set.
+    let file = "observability/loki/loki.yaml";
+    let loki = yaml(file);
+    let resource = at(
+        &loki,
+        &["limits_config", "otlp_config", "resource_attributes"],
+        file,
+    );
+    assert_eq!(
+        resource.get("ignore_defaults").and_then(Yaml::as_bool),
+        Some(true),
+        "otherwise Loki indexes 18 default resource attributes as labels"
+    );
+    let configs = yaml_seq(resource, &["attributes_config"], file);
+    let indexed: Vec<&str> = configs
+        .iter()
+        .filter(|c| c.get("action").and_then(Yaml::as_str) == Some("index_label"))
+        .flat_map(|c| strings(yaml_seq(c, &["attributes"], file)))
+        .collect();
+    assert_eq!(indexed, ["service"]);
+    assert!(LOKI_LABELS.contains(&indexed[0]));
+    // The backend sets that resource attribute to the service name the queries select.
+    let attributes = env
+        .get("OTEL_RESOURCE_ATTRIBUTES")
+        .expect("OTEL_RESOURCE_ATTRIBUTES");
+    assert!(
+        attributes
+            .split(',')
+            .any(|kv| kv.trim() == format!("service={SERVICE_NAME}")),
+        "OTEL_RESOURCE_ATTRIBUTES={attributes}"
+    );
+    // LOG_SHIPPER=otlp runs no shipper and turns OTLP logs on; the default stays off.
+    let makefile = read("Makefile");
+    assert!(makefile.contains("OTEL_LOGS_EXPORTER=otlp $(DEV_COMPOSE) up -d --build"));
+    assert!(makefile.contains("OTEL_LOGS_EXPORTER=none $(DEV_COMPOSE) --profile $(LOG_SHIPPER)"));
+}
