@@ -33,20 +33,58 @@ LOG_SHIPPER ?= alloy
 OTHER_SHIPPER = $(filter-out $(LOG_SHIPPER),alloy promtail)
 DEV_COMPOSE := docker compose -f deploy/docker-compose.dev.yml
 
-.PHONY: dev dev-down dev-logs
+.PHONY: dev dev-down dev-logs dev-load dev-load-logs dev-load-stop dev-fault dev-heal dev-verify
 
 # Switching shippers removes the other one first: two would ship every line twice.
+# LOG_SHIPPER=otlp runs neither: the backend sends OTLP log records to Loki itself
+# (OTEL_LOGS_EXPORTER=otlp, read by the compose file).
 dev:
-	$(if $(filter alloy promtail,$(LOG_SHIPPER)),,$(error LOG_SHIPPER must be alloy or promtail, not '$(LOG_SHIPPER)'))
-	$(DEV_COMPOSE) --profile $(OTHER_SHIPPER) rm --stop --force $(OTHER_SHIPPER)
-	$(DEV_COMPOSE) --profile $(LOG_SHIPPER) up -d --build
+	$(if $(filter alloy promtail otlp,$(LOG_SHIPPER)),,$(error LOG_SHIPPER must be alloy, promtail or otlp, not '$(LOG_SHIPPER)'))
+	$(DEV_COMPOSE) --profile alloy --profile promtail rm --stop --force $(OTHER_SHIPPER)
+	$(if $(filter otlp,$(LOG_SHIPPER)),OTEL_LOGS_EXPORTER=otlp $(DEV_COMPOSE) up -d --build,OTEL_LOGS_EXPORTER=none $(DEV_COMPOSE) --profile $(LOG_SHIPPER) up -d --build)
 
-# Both profiles, so that whichever shipper runs is stopped too.
+# Both profiles, so that whichever shipper runs is stopped too (and the load generator).
 dev-down:
-	$(DEV_COMPOSE) --profile alloy --profile promtail down
+	$(DEV_COMPOSE) --profile alloy --profile promtail --profile load down
 
 dev-logs:
 	$(DEV_COMPOSE) logs -f backend
+
+# The project's load generator (examples/mixed_load.rs) against the running backend, in
+# the background: LOAD_RATE requests per second for LOAD_DURATION_S seconds, then it
+# prints its report (make dev-load-logs) and exits. make dev-load-stop stops it earlier
+# (SIGTERM: it stops sending, reports, exits 0).
+LOAD_RATE ?= 20
+LOAD_DURATION_S ?= 600
+dev-load:
+	LOAD_RATE=$(LOAD_RATE) LOAD_DURATION_S=$(LOAD_DURATION_S) $(DEV_COMPOSE) --profile load up -d --build load
+	@echo "dev-load: $(LOAD_RATE) req/s for $(LOAD_DURATION_S) s; make dev-load-logs follows it, make dev-load-stop stops it"
+
+dev-load-logs:
+	$(DEV_COMPOSE) --profile load logs -f load
+
+dev-load-stop:
+	$(DEV_COMPOSE) --profile load stop --timeout 15 load
+
+# Faults on demand through toxiproxy: make dev-fault NAME (or FAULT=NAME), make dev-heal.
+# The scenarios and what each shows: scripts/dev-fault.sh list, docs/observability.md.
+FAULT ?= $(word 2,$(MAKECMDGOALS))
+ifeq (dev-fault,$(firstword $(MAKECMDGOALS)))
+ifneq (,$(FAULT))
+# The scenario name is a goal of its own on the command line: make has nothing to do for it.
+$(FAULT):
+	@:
+endif
+endif
+dev-fault:
+	scripts/dev-fault.sh $(if $(FAULT),$(FAULT),list)
+
+dev-heal:
+	scripts/dev-fault.sh heal
+
+# Follows every link a user follows against the running stack (src/bin/dev_verify.rs).
+dev-verify:
+	cargo run --quiet --bin dev_verify
 # dev-stack:end
 
 # --- scale-out profile (docs/operations.md, "Scaling out") ---

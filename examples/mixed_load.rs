@@ -26,7 +26,19 @@
 //! Before and after the measured window it reads `/metrics` (and, given `SERVER_PID`, the
 //! server's CPU time), and prints one Markdown report: throughput, p50/p99 per route, page hit
 //! rate per feed kind, Postgres queries per request, server CPU per request.
-//! Loopback only: it refuses any other host.
+//! Loopback only: it refuses any other host unless `MIXED_ALLOWED_HOSTS` (comma-separated)
+//! names it.
+//!
+//! The same driver is the dev stack's traffic (`make dev-load`, profile `load` of
+//! deploy/docker-compose.dev.yml), with these beyond the benchmark's settings:
+//! - `MIXED_RATE`: requests per second, all connections together (default 0: as fast as the
+//!   server answers, the benchmark's way);
+//! - `MIXED_POSTS` unset: the post ids are read from the global feed instead of a file;
+//! - `MIXED_WEIGHTS=route=weight,…`: changes the mix, in hundredths of a percent; the routes
+//!   `recommended` (the feed that asks the recommender) and `upload` (a new post and its audio,
+//!   a one-second WAV, through the audio pipeline) weigh 0 unless given here;
+//! - SIGTERM or SIGINT ends the run early: no new request starts, the report is printed and
+//!   the exit status is 0.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -55,6 +67,9 @@ const MIX: &[(&str, u32)] = &[
     ("new_post", 75),
     ("follow", 50),
     ("unfollow", 25),
+    // Not in the benchmark's mix (weight 0) unless MIXED_WEIGHTS gives them one.
+    ("recommended", 0),
+    ("upload", 0),
 ];
 
 const SEARCHES: &[&str] = &[
@@ -97,6 +112,12 @@ impl Rng {
 
 struct Shared {
     base: String,
+    /// The mix in force: MIX with MIXED_WEIGHTS applied.
+    mix: Vec<(&'static str, u32)>,
+    /// Set by SIGTERM/SIGINT: workers start no new request.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    /// Time between two requests of one connection (`MIXED_RATE`), none when unpaced.
+    pace: Option<Duration>,
     client: reqwest::Client,
     posts: Vec<String>,
     global_cursor: Mutex<Option<String>>,
@@ -112,16 +133,72 @@ struct Tally {
     errors: HashMap<&'static str, u64>,
 }
 
-fn pick_route(rng: &mut Rng) -> &'static str {
-    let total: u32 = MIX.iter().map(|(_, w)| w).sum();
+fn pick_route(mix: &[(&'static str, u32)], rng: &mut Rng) -> &'static str {
+    let total: u32 = mix.iter().map(|(_, w)| w).sum();
     let mut x = rng.below(u64::from(total)) as u32;
-    for (name, w) in MIX {
+    for (name, w) in mix {
         if x < *w {
             return name;
         }
         x -= w;
     }
-    MIX[0].0
+    mix[0].0
+}
+
+/// MIX with the weights of `MIXED_WEIGHTS` (`route=weight,…`, hundredths of a percent).
+fn mix_with(overrides: &str) -> Result<Vec<(&'static str, u32)>, String> {
+    let mut mix = MIX.to_vec();
+    for item in overrides
+        .split(',')
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+    {
+        let (route, weight) = item
+            .split_once('=')
+            .ok_or_else(|| format!("MIXED_WEIGHTS: {item:?} is not route=weight"))?;
+        let weight: u32 = weight
+            .trim()
+            .parse()
+            .map_err(|_| format!("MIXED_WEIGHTS: {item:?}: the weight is not a number"))?;
+        let entry = mix
+            .iter_mut()
+            .find(|(name, _)| *name == route.trim())
+            .ok_or_else(|| format!("MIXED_WEIGHTS: no route {route:?} in the mix"))?;
+        entry.1 = weight;
+    }
+    if mix.iter().all(|(_, w)| *w == 0) {
+        return Err("MIXED_WEIGHTS: every weight is 0".into());
+    }
+    Ok(mix)
+}
+
+/// A one-second 8 kHz mono 16-bit WAV (a 440 Hz tone): small, and real audio for ffmpeg.
+fn tone_wav() -> Vec<u8> {
+    const RATE: u32 = 8000;
+    let samples: Vec<i16> = (0..RATE)
+        .map(|i| {
+            let t = f64::from(i) / f64::from(RATE);
+            (8000.0 * (2.0 * std::f64::consts::PI * 440.0 * t).sin()) as i16
+        })
+        .collect();
+    let data_len = (samples.len() * 2) as u32;
+    let mut wav = Vec::with_capacity(44 + data_len as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes()); // fmt chunk size
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&RATE.to_le_bytes());
+    wav.extend_from_slice(&(RATE * 2).to_le_bytes()); // bytes per second
+    wav.extend_from_slice(&2u16.to_le_bytes()); // block align
+    wav.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for sample in samples {
+        wav.extend_from_slice(&sample.to_le_bytes());
+    }
+    wav
 }
 
 impl Shared {
@@ -153,6 +230,8 @@ impl Shared {
                 }
             }
             "trending" => c.get(format!("{b}/api/v1/feed/unified?type=trending")),
+            "recommended" => c.get(format!("{b}/api/v1/feed/unified?type=recommended")),
+            "upload" => return self.upload(rng, user).await,
             "search" => {
                 let q = SEARCHES[rng.below(SEARCHES.len() as u64) as usize];
                 c.get(format!("{b}/api/v1/search?q={q}"))
@@ -218,6 +297,44 @@ impl Shared {
         Ok(ok)
     }
 
+    /// A new post, then its audio: two requests, one `upload` in the report.
+    async fn upload(&self, rng: &mut Rng, user: u64) -> reqwest::Result<bool> {
+        let token = format!("bench-token-{user}");
+        let created = self
+            .client
+            .post(format!("{}/api/v1/posts", self.base))
+            .bearer_auth(&token)
+            .json(&json!({
+                "title": format!("Dev loop {}", rng.below(1_000_000)),
+                "bpm": 90,
+                "genre": "lo-fi",
+                "tags": ["loop", "dev"],
+            }))
+            .send()
+            .await?;
+        if !created.status().is_success() {
+            created.bytes().await?;
+            return Ok(false);
+        }
+        let post: Value = created.json().await?;
+        let Some(id) = post["id"].as_str() else {
+            return Ok(false);
+        };
+        let response = self
+            .client
+            .put(format!("{}/api/v1/posts/{id}/audio", self.base))
+            .bearer_auth(&token)
+            .header("Content-Type", "audio/wav")
+            .body(tone_wav())
+            .send()
+            .await?;
+        // 429: this user already has AUDIO_PENDING_PER_USER jobs waiting; the service said so
+        // as it should, which is not a failure of the run.
+        let ok = response.status().is_success() || response.status().as_u16() == 429;
+        response.bytes().await?;
+        Ok(ok)
+    }
+
     async fn unlike(&self, user: u64, post: &str) -> reqwest::Result<bool> {
         let response = self
             .client
@@ -235,12 +352,24 @@ async fn worker(shared: Arc<Shared>, seed: u64, until: Instant) -> Tally {
     use std::sync::atomic::Ordering;
     let mut rng = Rng(seed | 1);
     let mut tally = Tally::default();
-    while Instant::now() < until {
+    let mut pace = shared.pace.map(|every| {
+        let mut ticks = tokio::time::interval(every);
+        // Behind schedule (a slow answer): carry on at the rate, never in a burst.
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
+    while Instant::now() < until && !shared.stopping.load(Ordering::Relaxed) {
+        if let Some(ticks) = pace.as_mut() {
+            ticks.tick().await;
+            if shared.stopping.load(Ordering::Relaxed) || Instant::now() >= until {
+                break;
+            }
+        }
         let measuring = shared.measuring.load(Ordering::Relaxed);
         if measuring && shared.sent.fetch_add(1, Ordering::Relaxed) >= shared.max_requests {
             break;
         }
-        let route = pick_route(&mut rng);
+        let route = pick_route(&shared.mix, &mut rng);
         let user = rng.user();
         let started = Instant::now();
         let ok = matches!(shared.send(&mut rng, route, user).await, Ok(true));
@@ -320,27 +449,78 @@ fn env_u64(name: &str, default: u64) -> Result<u64, String> {
     }
 }
 
+/// Up to 500 post ids from the first pages of the global feed, newest first (the dev stack,
+/// where no file lists them).
+async fn posts_from_feed(client: &reqwest::Client, base: &str) -> Result<Vec<String>, String> {
+    let mut posts = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..5 {
+        let mut url = format!("{base}/api/v1/feed/unified?type=global&limit=100");
+        if let Some(cursor) = &cursor {
+            url.push_str(&format!("&cursor={cursor}"));
+        }
+        let page: Value = client
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| format!("GET {url}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("GET {url}: {e}"))?;
+        posts.extend(
+            page["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|post| post["id"].as_str().map(str::to_owned)),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    Ok(posts)
+}
+
+/// Sets `stopping` at the first SIGTERM or SIGINT (`docker stop`, Ctrl-C). Installed first
+/// thing, so that a signal during start-up (reading the post ids) also ends the run cleanly.
+fn stop_on_signal(stopping: Arc<std::sync::atomic::AtomicBool>) -> Result<(), String> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM: {e}"))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT: {e}"))?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        eprintln!("mixed_load: stopping: no new request; the report follows");
+        stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    Ok(())
+}
+
 async fn run() -> Result<(), String> {
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    stop_on_signal(stopping.clone())?;
     let base = std::env::var("MIXED_BASE").unwrap_or_else(|_| "http://127.0.0.1:19201".into());
     let host = url::Url::parse(&base)
         .map_err(|e| format!("MIXED_BASE: {e}"))?
         .host_str()
         .unwrap_or_default()
         .to_owned();
-    if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]") {
-        return Err(format!("MIXED_BASE: {host} is not loopback"));
+    let allowed = std::env::var("MIXED_ALLOWED_HOSTS").unwrap_or_default();
+    if !matches!(host.as_str(), "127.0.0.1" | "localhost" | "[::1]")
+        && !allowed.split(',').any(|h| h.trim() == host)
+    {
+        return Err(format!(
+            "MIXED_BASE: {host} is not loopback (MIXED_ALLOWED_HOSTS names the others allowed)"
+        ));
     }
-    let posts_file = std::env::var("MIXED_POSTS").map_err(|_| "MIXED_POSTS is required")?;
-    let posts: Vec<String> = std::fs::read_to_string(&posts_file)
-        .map_err(|e| format!("{posts_file}: {e}"))?
-        .lines()
-        .map(|l| l.trim().to_owned())
-        .filter(|l| !l.is_empty())
-        .collect();
-    if posts.is_empty() {
-        return Err(format!("{posts_file}: no post ids"));
-    }
-    let duration = Duration::from_secs(env_u64("DURATION_S", 30)?.clamp(1, 600));
+    let mix = mix_with(&std::env::var("MIXED_WEIGHTS").unwrap_or_default())?;
+    // 0: unpaced, each connection sends as soon as the last answer came (the benchmark).
+    let rate = env_u64("MIXED_RATE", 0)?;
+    let duration = Duration::from_secs(env_u64("DURATION_S", 30)?.clamp(1, 86_400));
     let warmup = Duration::from_secs(env_u64("WARMUP_S", 5)?.min(120));
     let conns = env_u64("CONNS", 16)?.clamp(1, 256);
     let max_requests = env_u64("MAX_REQUESTS", 2_000_000)?.max(1);
@@ -348,13 +528,29 @@ async fn run() -> Result<(), String> {
     let label = std::env::var("LABEL").unwrap_or_else(|_| "run".into());
     let server_pid = env_u64("SERVER_PID", 0)?;
 
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(conns as usize)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let posts: Vec<String> = match std::env::var("MIXED_POSTS") {
+        Ok(posts_file) => std::fs::read_to_string(&posts_file)
+            .map_err(|e| format!("{posts_file}: {e}"))?
+            .lines()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        Err(_) => posts_from_feed(&client, &base).await?,
+    };
+    if posts.is_empty() {
+        return Err("no post ids (MIXED_POSTS, or the global feed when it is unset)".into());
+    }
     let shared = Arc::new(Shared {
         base,
-        client: reqwest::Client::builder()
-            .pool_max_idle_per_host(conns as usize)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| e.to_string())?,
+        mix,
+        stopping,
+        pace: (rate > 0).then(|| Duration::from_secs_f64(conns as f64 / rate as f64)),
+        client,
         posts,
         global_cursor: Mutex::new(None),
         liked: Mutex::new(Vec::new()),
@@ -371,7 +567,10 @@ async fn run() -> Result<(), String> {
             .wrapping_add(i * 7919 + 1);
         tasks.push(tokio::spawn(worker(shared.clone(), seed, until)));
     }
-    tokio::time::sleep(warmup).await;
+    let warm = Instant::now() + warmup;
+    while Instant::now() < warm && !shared.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100).min(warmup)).await;
+    }
     let before = scrape(&shared).await?;
     let cpu_before = cpu_ticks(server_pid);
     shared
@@ -463,7 +662,7 @@ async fn run() -> Result<(), String> {
     println!(
         "| route | requests | errors | p50 ms | p99 ms |\n| --- | ---: | ---: | ---: | ---: |"
     );
-    for (route, _) in MIX {
+    for (route, _) in &shared.mix {
         let Some(l) = tally.latencies.get_mut(route) else {
             continue;
         };

@@ -4,9 +4,9 @@
 #
 #   scripts/install-deps.sh run    Postgres, Redis, ffmpeg, the build's libraries
 #   scripts/install-deps.sh test   the same, plus promtool (Debian's prometheus), haproxy
-#                                  (tests/api/replicas.rs and its config check), python3-venv,
-#                                  cargo-nextest, and the schemathesis and moto (S3 server)
-#                                  virtualenvs
+#                                  (tests/api/replicas.rs and its config check), the Postgres
+#                                  and Redis exporters, python3-venv, cargo-nextest, and the
+#                                  schemathesis and moto (S3 server) virtualenvs
 #
 # Debian packages need root (apt-get): without it, the script stops at once and prints the one
 # command to run. With DATABASE_URL or REDIS_URL set (your own servers), that server is not
@@ -35,6 +35,9 @@ if [ "$mode" = test ]; then
   # The load balancer in front of several replicas (tests/api/replicas.rs), and the check of
   # deploy/haproxy/haproxy.cfg (tests/scale_config.rs).
   need_cmd haproxy haproxy
+  # tests/observability_config.rs runs them against the local Postgres and Redis.
+  need_cmd prometheus-postgres-exporter prometheus-postgres-exporter
+  need_cmd prometheus-redis-exporter prometheus-redis-exporter
   python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 fi
 

@@ -39,19 +39,29 @@ const BACKEND_PORT: u16 = 8787;
 const SERVICE_NAME: &str = "sidechain-backend";
 
 /// Every service of the dev stack, and the host ports that must be published and by whom.
-const SERVICES: [&str; 10] = [
+const SERVICES: [&str; 16] = [
     "postgres",
     "redis",
     "backend",
+    "toxiproxy",
+    "recommender-stub",
+    "load-seed",
+    "load",
     "tempo",
     "loki",
     "alloy",
     "promtail",
+    "postgres-exporter",
+    "redis-exporter",
     "prometheus",
     "grafana",
     "alertmanager",
 ];
-const PUBLISHED: [(u16, &str); 7] = [
+/// Services built from deploy/Dockerfile (the stage, `None` for the last one) rather than
+/// pulled.
+const BUILT: [(&str, Option<&str>); 2] = [(BACKEND_SERVICE, None), ("load", Some("load"))];
+const PUBLISHED: [(u16, &str); 8] = [
+    (8474, "toxiproxy"),
     (3000, "grafana"),
     (9090, "prometheus"),
     (3200, "tempo"),
@@ -358,12 +368,25 @@ fn compose_names_every_service_with_a_pinned_image_and_a_health_check() {
 
     for name in SERVICES {
         let svc = service(&compose, name);
-        if name == BACKEND_SERVICE {
+        if let Some((_, stage)) = BUILT.iter().find(|(built, _)| *built == name) {
             // Built here, not pulled: the build must point at deploy/Dockerfile.
             let context = yaml_str(svc, &["build", "context"], COMPOSE);
             let dockerfile = yaml_str(svc, &["build", "dockerfile"], COMPOSE);
             assert_eq!((context, dockerfile), ("..", "deploy/Dockerfile"));
             assert!(repo_path(dockerfile).is_file(), "{dockerfile} is missing");
+            let target = svc
+                .get("build")
+                .and_then(|b| b.get("target"))
+                .and_then(Yaml::as_str);
+            assert_eq!(target, *stage, "service {name}: build target");
+            if let Some(stage) = stage {
+                assert!(
+                    read(dockerfile)
+                        .lines()
+                        .any(|l| l.starts_with("FROM ") && l.ends_with(&format!(" AS {stage}"))),
+                    "{dockerfile} has no stage {stage}"
+                );
+            }
         } else {
             assert_pinned(
                 yaml_str(svc, &["image"], COMPOSE),
@@ -415,18 +438,27 @@ fn compose_backend_is_configured_as_the_contract_and_the_issue_say() {
     );
 
     let env = environment(backend);
+    // Postgres, Redis, the recommender and Tempo through toxiproxy (make dev-fault):
+    // [`backend_reaches_postgres_redis_the_recommender_and_tempo_through_toxiproxy`].
     let expected = [
         (
             "DATABASE_URL",
-            "postgres://postgres:postgres@postgres:5432/sidechain",
+            "postgres://postgres:postgres@toxiproxy:5432/sidechain",
         ),
-        ("REDIS_URL", "redis://redis:6379"),
+        ("REDIS_URL", "redis://toxiproxy:6379"),
+        ("RECOMMENDER_URL", "http://recommender:8088"),
         ("OTEL_ENABLED", "true"),
         ("OTEL_SERVICE_NAME", SERVICE_NAME),
         ("OTEL_ENVIRONMENT", "development"),
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://tempo:4318"),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://toxiproxy:4318"),
         ("OTEL_TRACE_SAMPLER_RATE", "1.0"),
         ("LOG_LEVEL", "info"),
+        // CONTRACT.md §1: off unless `make dev LOG_SHIPPER=otlp` sets it.
+        ("OTEL_LOGS_EXPORTER", "${OTEL_LOGS_EXPORTER:-none}"),
+        (
+            "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+            "http://loki:3100/otlp/v1/logs",
+        ),
     ];
     for (key, value) in expected {
         assert_eq!(
@@ -465,12 +497,9 @@ fn backend_exports_spans_to_tempo_which_listens_there() {
         .get("OTEL_EXPORTER_OTLP_ENDPOINT")
         .expect("OTEL_EXPORTER_OTLP_ENDPOINT is set");
     let authority = endpoint.strip_prefix("http://").unwrap_or(endpoint);
-    let (host, port) = authority
-        .trim_end_matches('/')
-        .split_once(':')
-        .expect("endpoint has host:port");
-    assert_eq!(host, "tempo", "the endpoint names the tempo service");
-    assert!(SERVICES.contains(&host));
+    let (host, port) = through_toxiproxy(authority.trim_end_matches('/'));
+    assert_eq!(host, "tempo", "the endpoint leads to the tempo service");
+    assert!(SERVICES.contains(&host.as_str()));
 
     // Tempo's OTLP/HTTP receiver listens on that port on every interface.
     let tempo = yaml("observability/tempo/tempo.yaml");
@@ -543,6 +572,8 @@ fn compose_mounts_files_that_exist_and_runs_prometheus_with_exemplars() {
             .unwrap_or_default();
         match name {
             "alloy" | "promtail" => assert_eq!(profiles, [name], "profiles of {name}"),
+            // make dev-load: the load generator and the seed it needs.
+            "load" | "load-seed" => assert_eq!(profiles, ["load"], "profiles of {name}"),
             _ => assert!(profiles.is_empty(), "{name} must always run"),
         }
     }
@@ -574,17 +605,23 @@ fn dockerfile_builds_the_binary_and_runs_it_unprivileged() {
         .iter()
         .filter_map(|l| l.strip_prefix("FROM "))
         .collect();
+    // build, then the load generator's build and runtime (make dev-load), then the
+    // backend's runtime last: a plain `docker build` gives the backend.
     assert_eq!(
         stages.len(),
-        2,
-        "a build stage and a runtime stage: {stages:?}"
+        4,
+        "build, load-builder, load, runtime: {stages:?}"
     );
-    for stage in &stages {
+    for stage in stages.iter().filter(|s| !s.starts_with("builder ")) {
         let image = stage.split_whitespace().next().unwrap_or_default();
         assert_pinned(image, "deploy/Dockerfile");
     }
     assert!(stages[0].starts_with("rust:") && stages[0].contains("bookworm"));
-    assert!(stages[1].starts_with("debian:"));
+    assert_eq!(stages[1], "builder AS load-builder");
+    assert!(stages[2].starts_with("debian:") && stages[2].ends_with(" AS load"));
+    assert!(stages[3].starts_with("debian:") && !stages[3].contains(" AS "));
+    // The load generator is the benchmark's driver, not a copy of it.
+    assert!(dockerfile.contains("cargo build --release --locked --example mixed_load"));
 
     for needle in [
         "libpq-dev",
@@ -639,6 +676,15 @@ fn makefile_dev_targets_drive_the_compose_file_and_the_shipper_profile() {
         "dev-down:",
         "dev-logs:",
         "logs -f backend",
+        "dev-load:",
+        "--profile load up -d --build load",
+        "dev-load-stop:",
+        "dev-fault:",
+        "scripts/dev-fault.sh",
+        "dev-heal:",
+        "scripts/dev-fault.sh heal",
+        "dev-verify:",
+        "--bin dev_verify",
     ] {
         assert!(
             block.contains(needle),
@@ -749,6 +795,14 @@ fn prometheus_scrapes_the_backend_and_tempo() {
         targets_of("tempo:3200").is_some(),
         "a scrape job for tempo:3200"
     );
+    // The exporters, under the job names the Data stores dashboard and rules select.
+    for (job, target) in [
+        ("postgres", "postgres-exporter:9187"),
+        ("redis", "redis-exporter:9121"),
+    ] {
+        let scrape = targets_of(target).unwrap_or_else(|| panic!("a scrape job for {target}"));
+        assert_eq!(yaml_str(scrape, &["job_name"], file), job);
+    }
 }
 
 /// Runs `promtool` (from Debian's `prometheus` package) with `args` in the repository root.
@@ -1711,10 +1765,12 @@ fn known_metric_names() -> BTreeSet<String> {
         .iter()
         .flat_map(|h| ["_bucket", "_count", "_sum"].map(|suffix| format!("{h}{suffix}")));
     let tempo_series = TEMPO_SERIES.iter().map(|s| (*s).to_owned());
+    let exporters = exporter_metric_names().into_iter().map(str::to_owned);
     backend_metric_names()
         .into_iter()
         .chain(tempo_histograms)
         .chain(tempo_series)
+        .chain(exporters)
         .chain(["up".to_owned()])
         .collect()
 }
@@ -1778,7 +1834,7 @@ fn backend_metric_names_are_read_from_the_registry_source() {
     assert!(!names.contains("audio_jobs_queued_total"));
 }
 
-/// Every metric `expr` reads is one the backend or Tempo writes; HTTP series are
+/// Every metric `expr` reads is one the backend, Tempo or an exporter writes; HTTP series are
 /// per route template.
 fn assert_known_metrics(expr: &str, context: &str) {
     let names = promql_metric_names(expr);
@@ -1787,7 +1843,7 @@ fn assert_known_metrics(expr: &str, context: &str) {
     for name in names {
         assert!(
             known.contains(&name),
-            "{context}: `{name}` is not a metric of the backend or Tempo (in `{expr}`)"
+            "{context}: `{name}` is not a metric of the backend, Tempo or the exporters (in `{expr}`)"
         );
     }
     // Per-route series are grouped by the route template, never the raw path.
@@ -3094,4 +3150,724 @@ fn loki_detected_level_is_a_documented_choice() {
         discovers,
         "{file}: discover_log_levels is {discovers}; docs/observability.md must say so"
     );
+}
+
+// ---------------------------------------------------------------------------
+// Issue 22: the data stores' exporters, faults on demand, the load generator.
+// ---------------------------------------------------------------------------
+
+/// The exporter images, pinned; the metric names below were read from their sources at
+/// these tags. Bumping an image means reading them again.
+const POSTGRES_EXPORTER_IMAGE: &str = "prometheuscommunity/postgres-exporter:v0.20.1";
+const REDIS_EXPORTER_IMAGE: &str = "oliver006/redis_exporter:v1.88.0-alpine";
+
+/// Every postgres_exporter series the dashboards and rules read, with where v0.20.1 defines
+/// it (namespace `pg`, `prometheus.BuildFQName(namespace, subsystem, name)`). The Debian
+/// package (0.11.1) exposes the same names: [`debian_exporters_expose_every_metric_we_read`].
+const POSTGRES_EXPORTER_METRICS: [(&str, &str); 15] = [
+    (
+        "pg_up",
+        "exporter/postgres_exporter.go: Namespace pg, Name up",
+    ),
+    (
+        "pg_stat_activity_count",
+        "collector/pg_stat_activity.go: stat_activity, count",
+    ),
+    (
+        "pg_stat_activity_max_tx_duration",
+        "collector/pg_stat_activity.go: stat_activity, max_tx_duration",
+    ),
+    (
+        "pg_settings_max_connections",
+        "collector/pg_setting.go: settings + the pg_settings row max_connections (no unit)",
+    ),
+    (
+        "pg_stat_database_xact_commit",
+        "collector/pg_stat_database.go",
+    ),
+    (
+        "pg_stat_database_xact_rollback",
+        "collector/pg_stat_database.go",
+    ),
+    ("pg_stat_database_blks_hit", "collector/pg_stat_database.go"),
+    (
+        "pg_stat_database_blks_read",
+        "collector/pg_stat_database.go",
+    ),
+    (
+        "pg_stat_database_deadlocks",
+        "collector/pg_stat_database.go",
+    ),
+    (
+        "pg_stat_database_temp_bytes",
+        "collector/pg_stat_database.go",
+    ),
+    (
+        "pg_stat_database_tup_returned",
+        "collector/pg_stat_database.go",
+    ),
+    (
+        "pg_stat_database_tup_inserted",
+        "collector/pg_stat_database.go",
+    ),
+    (
+        "pg_stat_database_tup_updated",
+        "collector/pg_stat_database.go",
+    ),
+    (
+        "pg_stat_database_tup_deleted",
+        "collector/pg_stat_database.go",
+    ),
+    ("pg_locks_count", "collector/pg_locks.go: locks, count"),
+];
+// Not a pg_stat_database column: the database collector's size.
+const POSTGRES_EXPORTER_SIZE: (&str, &str) = (
+    "pg_database_size_bytes",
+    "collector/pg_database.go: database, size_bytes",
+);
+
+/// Every redis_exporter series the dashboards and rules read, with where v1.88.0 defines
+/// it (namespace `redis`; INFO fields renamed in `exporter/exporter.go`).
+const REDIS_EXPORTER_METRICS: [(&str, &str); 13] = [
+    (
+        "redis_up",
+        "exporter/exporter.go: registerConstMetricGauge(ch, \"up\", …)",
+    ),
+    (
+        "redis_memory_used_bytes",
+        "exporter/exporter.go: used_memory",
+    ),
+    ("redis_memory_max_bytes", "exporter/exporter.go: maxmemory"),
+    (
+        "redis_commands_processed_total",
+        "exporter/exporter.go: total_commands_processed",
+    ),
+    (
+        "redis_keyspace_hits_total",
+        "exporter/exporter.go: keyspace_hits",
+    ),
+    (
+        "redis_keyspace_misses_total",
+        "exporter/exporter.go: keyspace_misses",
+    ),
+    (
+        "redis_evicted_keys_total",
+        "exporter/exporter.go: evicted_keys",
+    ),
+    (
+        "redis_expired_keys_total",
+        "exporter/exporter.go: expired_keys",
+    ),
+    (
+        "redis_connected_clients",
+        "exporter/exporter.go: connected_clients",
+    ),
+    (
+        "redis_rejected_connections_total",
+        "exporter/exporter.go: rejected_connections",
+    ),
+    (
+        "redis_db_keys",
+        "exporter/exporter.go: metricDescriptions db_keys",
+    ),
+    (
+        "redis_commands_duration_seconds_total",
+        "exporter/exporter.go: metricDescriptions commands_duration_seconds_total",
+    ),
+    (
+        "redis_commands_total",
+        "exporter/exporter.go: metricDescriptions commands_total",
+    ),
+];
+
+fn exporter_metric_names() -> BTreeSet<&'static str> {
+    POSTGRES_EXPORTER_METRICS
+        .iter()
+        .chain([&POSTGRES_EXPORTER_SIZE])
+        .chain(&REDIS_EXPORTER_METRICS)
+        .map(|(name, _)| *name)
+        .collect()
+}
+
+#[test]
+fn exporters_are_the_pinned_images_scraped_under_their_job_names() {
+    let compose = compose();
+    for (name, image, env_key, env_value) in [
+        (
+            "postgres-exporter",
+            POSTGRES_EXPORTER_IMAGE,
+            "DATA_SOURCE_URI",
+            "postgres:5432/sidechain?sslmode=disable",
+        ),
+        (
+            "redis-exporter",
+            REDIS_EXPORTER_IMAGE,
+            "REDIS_ADDR",
+            "redis://redis:6379",
+        ),
+    ] {
+        let svc = service(&compose, name);
+        assert_eq!(yaml_str(svc, &["image"], COMPOSE), image, "{name} image");
+        // Straight to the store, never through toxiproxy: they show the store's own health.
+        assert_eq!(
+            environment(svc).get(env_key).map(String::as_str),
+            Some(env_value),
+            "{name} {env_key}"
+        );
+    }
+    let exporter_env = environment(service(&compose, "postgres-exporter"));
+    let postgres_env = environment(service(&compose, "postgres"));
+    assert_eq!(
+        exporter_env.get("DATA_SOURCE_PASS"),
+        postgres_env.get("POSTGRES_PASSWORD")
+    );
+}
+
+/// The Data stores dashboard and the data-store rules read only names from the lists above
+/// (and through them, names read at the pinned tags), and cover the issue's signals.
+#[test]
+fn data_stores_dashboard_and_rules_watch_the_key_signals() {
+    let dashboard = dashboard_titled("Data stores");
+    assert_eq!(dashboard["uid"], "sidechain-data-stores");
+    let exprs: Vec<String> = panels(&dashboard)
+        .into_iter()
+        .flat_map(targets)
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    let read: BTreeSet<String> = exprs.iter().flat_map(|e| promql_metric_names(e)).collect();
+    let exporters = exporter_metric_names();
+    for name in &read {
+        // Besides the exporters: the backend's calls to the stores, from Tempo's
+        // service graph.
+        assert!(
+            exporters.contains(name.as_str()) || TEMPO_SERIES.contains(&name.as_str()),
+            "Data stores reads {name}, not in the checked exporter lists"
+        );
+    }
+    for signal in [
+        "pg_up",
+        "redis_up",
+        "pg_stat_activity_count",
+        "pg_locks_count",
+        "pg_stat_activity_max_tx_duration",
+        "pg_stat_database_xact_commit",
+        "redis_memory_used_bytes",
+        "redis_evicted_keys_total",
+        "redis_connected_clients",
+    ] {
+        assert!(read.contains(signal), "no Data stores panel shows {signal}");
+    }
+    // Each query selects the job Prometheus scrapes the exporter under, or the backend as
+    // the service graph's client.
+    for expr in &exprs {
+        let wanted = if expr.contains("traces_service_graph") {
+            "client=\"sidechain-backend\""
+        } else if expr.contains("pg_") {
+            "job=\"postgres\""
+        } else {
+            "job=\"redis\""
+        };
+        assert!(expr.contains(wanted), "`{expr}` does not select {wanted}");
+    }
+
+    let rules: Vec<String> = alert_rules()
+        .iter()
+        .filter(|(file, rule)| {
+            rule.get("dashboardUid").and_then(Yaml::as_str) == Some("sidechain-data-stores")
+                && !file.is_empty()
+        })
+        .map(|(file, rule)| rule_expr(rule, file))
+        .collect();
+    for (what, needle) in [
+        ("a store down", "pg_up"),
+        ("Postgres connections", "pg_stat_activity_count"),
+        ("a long transaction", "pg_stat_activity_max_tx_duration"),
+        ("deadlocks", "pg_stat_database_deadlocks"),
+        ("Redis memory", "redis_memory_used_bytes"),
+        ("Redis evictions", "redis_evicted_keys_total"),
+        (
+            "the backend's calls failing",
+            "traces_service_graph_request_failed_total",
+        ),
+    ] {
+        assert!(
+            rules.iter().any(|e| e.contains(needle)),
+            "no data-store rule on {what} ({needle})"
+        );
+    }
+}
+
+/// Runs Debian's exporters (0.11.1 and 1.45.0 here; the compose file pins newer ones whose
+/// names were read at their tags) against this machine's Postgres and Redis, and checks
+/// that every name we read is in what they really expose: names are stable across those
+/// versions, and a typo would show here. Installed by `scripts/install-deps.sh test`.
+#[test]
+fn debian_exporters_expose_every_metric_we_read() {
+    let postgres = std::env::var("TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let redis = std::env::var("TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let pg_port = free_port();
+    let redis_port = free_port();
+    let pg_listen = format!("127.0.0.1:{pg_port}");
+    let redis_listen = format!("127.0.0.1:{redis_port}");
+    let exporters = [
+        (
+            "prometheus-postgres-exporter",
+            vec!["--web.listen-address", pg_listen.as_str()],
+            (
+                "DATA_SOURCE_NAME",
+                format!("{postgres}/postgres?sslmode=disable"),
+            ),
+            pg_port,
+            POSTGRES_EXPORTER_METRICS
+                .iter()
+                .chain([&POSTGRES_EXPORTER_SIZE])
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>(),
+        ),
+        (
+            "prometheus-redis-exporter",
+            vec![
+                "-redis.addr",
+                redis.as_str(),
+                "-web.listen-address",
+                redis_listen.as_str(),
+            ],
+            ("REDIS_EXPORTER_LOG_FORMAT", "txt".to_owned()),
+            redis_port,
+            REDIS_EXPORTER_METRICS.iter().map(|(n, _)| *n).collect(),
+        ),
+    ];
+    for (program, args, (env_key, env_value), port, wanted) in exporters {
+        let child = Command::new(program)
+            .args(&args)
+            .env(env_key, env_value)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("{program}: {e} (scripts/install-deps.sh test installs it)")
+            });
+        let mut child = KillOnDrop(child);
+        let text = scrape_when_up(port, program);
+        let _ = child.0.kill();
+        let exposed: BTreeSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let up = if program.contains("postgres") {
+            "pg_up 1"
+        } else {
+            "redis_up 1"
+        };
+        assert!(
+            text.lines().any(|l| l == up),
+            "{program}: `{up}` missing: is the store up?"
+        );
+        for name in wanted {
+            assert!(exposed.contains(name), "{program} does not expose {name}");
+        }
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// GET /metrics on 127.0.0.1:`port` once it answers (up to 10 s), by hand over TCP: the
+/// test needs no HTTP client for this.
+fn scrape_when_up(port: u16, program: &str) -> String {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let request = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+            let mut response = String::new();
+            if stream.write_all(request.as_bytes()).is_ok()
+                && stream.read_to_string(&mut response).is_ok()
+                && response.starts_with("HTTP/1.0 200")
+            {
+                return response;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{program} did not answer on :{port}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+// --- toxiproxy and the fault scenarios ---
+
+const TOXIPROXY_CONFIG: &str = "observability/toxiproxy/toxiproxy.json";
+const FAULT_SCRIPT: &str = "scripts/dev-fault.sh";
+const RECOMMENDER_CADDYFILE: &str = "observability/recommender/Caddyfile";
+
+/// toxiproxy's proxies: name → (listen port, upstream `host:port`).
+fn toxiproxy_proxies() -> BTreeMap<String, (u16, String)> {
+    let config = json(TOXIPROXY_CONFIG);
+    let mut proxies = BTreeMap::new();
+    for proxy in config.as_array().expect("a list of proxies") {
+        let name = proxy["name"].as_str().expect("name").to_owned();
+        let listen = proxy["listen"].as_str().expect("listen");
+        let port = listen
+            .strip_prefix("0.0.0.0:")
+            .unwrap_or_else(|| panic!("{name}: listens on every interface, not {listen}"))
+            .parse()
+            .expect("listen port");
+        let upstream = proxy["upstream"].as_str().expect("upstream").to_owned();
+        assert_ne!(proxy["enabled"], false, "{name} starts disabled");
+        assert!(
+            proxies.insert(name.clone(), (port, upstream)).is_none(),
+            "proxy {name} twice"
+        );
+    }
+    proxies
+}
+
+/// The names the backend can use for toxiproxy: its service name and network aliases.
+fn toxiproxy_names() -> Vec<String> {
+    let compose = compose();
+    let aliases: Vec<String> = service(&compose, "toxiproxy")
+        .get("networks")
+        .and_then(|n| n.get("default"))
+        .and_then(|d| d.get("aliases"))
+        .and_then(Yaml::as_sequence)
+        .map(|a| strings(a).into_iter().map(str::to_owned).collect())
+        .unwrap_or_default();
+    std::iter::once("toxiproxy".to_owned())
+        .chain(aliases)
+        .collect()
+}
+
+/// Where `host:port` really leads: through a toxiproxy proxy to its upstream, or itself.
+fn through_toxiproxy(authority: &str) -> (String, String) {
+    let (host, port) = authority.split_once(':').expect("host:port");
+    if !toxiproxy_names().iter().any(|n| n == host) {
+        return (host.to_owned(), port.to_owned());
+    }
+    let port: u16 = port.parse().expect("port");
+    let (_, upstream) = toxiproxy_proxies()
+        .into_values()
+        .find(|(listen, _)| *listen == port)
+        .unwrap_or_else(|| panic!("no toxiproxy proxy listens on {port}"));
+    let (host, port) = upstream.split_once(':').expect("upstream host:port");
+    (host.to_owned(), port.to_owned())
+}
+
+#[test]
+fn backend_reaches_postgres_redis_the_recommender_and_tempo_through_toxiproxy() {
+    let compose = compose();
+    let toxiproxy = service(&compose, "toxiproxy");
+    let command = strings(yaml_seq(toxiproxy, &["command"], COMPOSE));
+    let config_flag = command
+        .iter()
+        .find_map(|c| c.strip_prefix("-config="))
+        .expect("toxiproxy -config=");
+    assert!(
+        command.contains(&"-host=0.0.0.0"),
+        "the API must listen on every interface"
+    );
+    let volumes = strings(yaml_seq(toxiproxy, &["volumes"], COMPOSE));
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.starts_with(&format!("../{TOXIPROXY_CONFIG}:{config_flag}"))),
+        "toxiproxy does not mount {TOXIPROXY_CONFIG} at {config_flag}"
+    );
+
+    // Each upstream is a compose service on the port it serves.
+    let serves = |service: &str| -> Vec<u16> {
+        match service {
+            "postgres" => vec![5432],
+            "redis" => vec![6379],
+            "tempo" => vec![4318],
+            "recommender-stub" => caddy_site_ports(),
+            other => panic!("toxiproxy forwards to {other}, which it should not"),
+        }
+    };
+    for (name, (_, upstream)) in toxiproxy_proxies() {
+        let (host, port) = upstream.split_once(':').expect("host:port");
+        assert!(
+            SERVICES.contains(&host),
+            "{name}: upstream {host} is not a service"
+        );
+        assert!(
+            serves(host).contains(&port.parse().expect("port")),
+            "{name}: {host} does not serve {port}"
+        );
+    }
+
+    let env = environment(service(&compose, BACKEND_SERVICE));
+    for (variable, leads_to) in [
+        ("DATABASE_URL", ("postgres", "5432")),
+        ("REDIS_URL", ("redis", "6379")),
+        ("RECOMMENDER_URL", ("recommender-stub", "8088")),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", ("tempo", "4318")),
+    ] {
+        let url = url::Url::parse(env.get(variable).expect(variable)).expect("a URL");
+        let authority = format!(
+            "{}:{}",
+            url.host_str().expect("host"),
+            url.port().expect("an explicit port")
+        );
+        let (host, port) = through_toxiproxy(&authority);
+        assert_eq!((host.as_str(), port.as_str()), leads_to, "{variable}");
+        // Through the proxy, not around it (a fault must reach the backend).
+        assert!(
+            toxiproxy_names()
+                .iter()
+                .any(|n| Some(n.as_str()) == url.host_str())
+        );
+    }
+    let depends = service(&compose, BACKEND_SERVICE)
+        .get("depends_on")
+        .and_then(|d| d.get("toxiproxy"))
+        .and_then(|t| t.get("condition"))
+        .and_then(Yaml::as_str);
+    assert_eq!(depends, Some("service_healthy"));
+}
+
+/// The site addresses (`:port {`) of the recommender stand-in's Caddyfile.
+fn caddy_site_ports() -> Vec<u16> {
+    read(RECOMMENDER_CADDYFILE)
+        .lines()
+        .filter_map(|l| l.strip_prefix(':')?.strip_suffix(" {")?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn recommender_stand_in_answers_as_gorse_does_and_fails_on_its_second_port() {
+    let caddyfile = read(RECOMMENDER_CADDYFILE);
+    assert_eq!(caddy_site_ports(), [8088, 8089]);
+    // The route the backend's client calls (src/clients/recommender.rs).
+    let client = read("src/clients/recommender.rs");
+    assert!(client.contains("/api/recommend/"));
+    assert!(caddyfile.contains("handle /api/recommend/* {"));
+    // Its answer is a JSON array of ids, as Gorse's is; those of the seeded posts.
+    let body = Regex::new(r"respond `(\[[^`]*\])` 200")
+        .expect("respond regex")
+        .captures(&caddyfile)
+        .expect("a 200 answer with a JSON array")[1]
+        .to_owned();
+    let ids: Vec<String> = serde_json::from_str(&body).expect("a JSON array of strings");
+    assert!(!ids.is_empty());
+    let seed = read("scripts/bench/seed.sql");
+    assert!(
+        seed.contains("md5('post' || i)::uuid"),
+        "the seeded post ids changed"
+    );
+    assert!(
+        ids.iter()
+            .all(|id| id.len() == 36 && id.matches('-').count() == 4)
+    );
+    let failing = caddyfile.split("\n:8089 {").nth(1).expect("the :8089 site");
+    assert!(failing.contains("` 500"), "the :8089 site answers 500");
+}
+
+/// The scenarios CONTRACT.md §1 names exist in the script, touch proxies that exist, and
+/// are documented in docs/observability.md; heal goes back to the configuration file.
+#[test]
+fn fault_scenarios_use_existing_proxies_and_are_documented() {
+    let script = read(FAULT_SCRIPT);
+    let proxies = toxiproxy_proxies();
+    let used = Regex::new(r"/proxies/([a-z-]+)").expect("proxy regex");
+    for found in used.captures_iter(&script) {
+        assert!(
+            proxies.contains_key(&found[1]),
+            "{FAULT_SCRIPT} uses proxy {}",
+            &found[1]
+        );
+    }
+    let latency = Regex::new(r"latency ([a-z-]+) \d+").expect("latency regex");
+    for found in latency.captures_iter(&script) {
+        assert!(
+            proxies.contains_key(&found[1]),
+            "{FAULT_SCRIPT}: latency on {}",
+            &found[1]
+        );
+    }
+    // The failing upstream of recommender-errors is the stub's failing port.
+    assert!(script.contains(r#"{"upstream":"recommender-stub:8089"}"#));
+    assert!(script.contains(&format!("CONFIG={TOXIPROXY_CONFIG}")));
+    assert!(script.contains("call POST /reset") && script.contains("call POST /populate"));
+
+    let guide = read("docs/observability.md");
+    for scenario in [
+        "slow-postgres",
+        "redis-down",
+        "recommender-errors",
+        "recommender-slow",
+        "tempo-unreachable",
+    ] {
+        assert!(
+            script.contains(&format!("\n  {scenario}) heal;")),
+            "{FAULT_SCRIPT} has no scenario {scenario}"
+        );
+        assert!(
+            guide.contains(&format!("`{scenario}`")),
+            "docs/observability.md does not describe {scenario}"
+        );
+    }
+}
+
+// --- the load generator ---
+
+#[test]
+fn load_generator_is_the_benchmark_driver_aimed_at_the_backend() {
+    let compose = compose();
+    let load = service(&compose, "load");
+    let env = environment(load);
+    let source = read("examples/mixed_load.rs");
+    // Every variable the compose file sets is one the driver reads.
+    for key in env.keys() {
+        assert!(
+            source.contains(&format!("\"{key}\"")),
+            "examples/mixed_load.rs does not read {key}"
+        );
+    }
+    let base = url::Url::parse(env.get("MIXED_BASE").expect("MIXED_BASE")).expect("URL");
+    assert_eq!(base.host_str(), Some(BACKEND_SERVICE));
+    assert_eq!(base.port(), Some(BACKEND_PORT));
+    assert_eq!(
+        env.get("MIXED_ALLOWED_HOSTS").map(String::as_str),
+        Some(BACKEND_SERVICE)
+    );
+    // The rate is the user's (make dev-load LOAD_RATE=…), and so is the duration.
+    assert!(
+        env.get("MIXED_RATE")
+            .is_some_and(|v| v.starts_with("${LOAD_RATE:-"))
+    );
+    assert!(
+        env.get("DURATION_S")
+            .is_some_and(|v| v.starts_with("${LOAD_DURATION_S:-"))
+    );
+    // Its extra routes are routes of the driver's mix.
+    for item in env.get("MIXED_WEIGHTS").expect("MIXED_WEIGHTS").split(',') {
+        let route = item.split('=').next().unwrap_or_default();
+        assert!(
+            source.contains(&format!("(\"{route}\", ")),
+            "no route {route} in the mix"
+        );
+    }
+    // It waits for its data, which waits for the migrated schema.
+    let seed = service(&compose, "load-seed");
+    assert_eq!(
+        load.get("depends_on")
+            .and_then(|d| d.get("load-seed"))
+            .and_then(|s| s.get("condition"))
+            .and_then(Yaml::as_str),
+        Some("service_completed_successfully")
+    );
+    assert_eq!(
+        seed.get("depends_on")
+            .and_then(|d| d.get("backend"))
+            .and_then(|s| s.get("condition"))
+            .and_then(Yaml::as_str),
+        Some("service_healthy")
+    );
+    let seed_sql = read("scripts/dev-load-seed.sql");
+    assert!(seed_sql.contains("\\ir bench/seed.sql"));
+    let volumes = strings(yaml_seq(seed, &["volumes"], COMPOSE));
+    assert!(volumes.contains(&"../scripts/bench/seed.sql:/seed/bench/seed.sql:ro"));
+    // The dev seed keeps the dev database's data: the benchmark seed truncates only
+    // without keep_data.
+    let bench_seed = read("scripts/bench/seed.sql");
+    assert!(bench_seed.contains("\\if :{?keep_data}\n\\else\nTRUNCATE"));
+}
+
+// --- span weight and OTLP logs ---
+
+/// The attribute the backend writes its sampling ratio in (CONTRACT.md §3), as tempo.yaml
+/// names it for both processors that count spans (Tempo 2.8.2 reads it as a double ratio p,
+/// span or resource attribute, and counts the span 1/p times).
+const SAMPLING_RATIO_ATTRIBUTE: &str = "sampling.ratio";
+
+#[test]
+fn tempo_scales_span_metrics_and_the_service_graph_by_the_sampling_ratio() {
+    let file = "observability/tempo/tempo.yaml";
+    let tempo = yaml(file);
+    for processor in ["span_metrics", "service_graphs"] {
+        assert_eq!(
+            yaml_str(
+                &tempo,
+                &[
+                    "metrics_generator",
+                    "processor",
+                    processor,
+                    "span_multiplier_key"
+                ],
+                file
+            ),
+            SAMPLING_RATIO_ATTRIBUTE,
+            "{processor}.span_multiplier_key"
+        );
+    }
+    // The guide tells the Rust side (and users) the same name, its type and its meaning.
+    let guide = readme_guide();
+    assert!(guide.contains(&format!("| `{SAMPLING_RATIO_ATTRIBUTE}` | double |")));
+    assert!(read(file).contains(&format!("{SAMPLING_RATIO_ATTRIBUTE} = p  (double")));
+}
+
+#[test]
+fn otlp_logs_reach_loki_with_the_same_stream_label_as_shipped_lines() {
+    let compose = compose();
+    let env = environment(service(&compose, BACKEND_SERVICE));
+    let endpoint = env
+        .get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")
+        .expect("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT");
+    let url = url::Url::parse(endpoint).expect("a URL");
+    assert_eq!(url.host_str(), Some("loki"));
+    assert_eq!(url.port(), Some(3100));
+    assert_eq!(url.path(), "/otlp/v1/logs");
+
+    // Loki indexes exactly one resource attribute, and it is the label the shippers set.
+    let file = "observability/loki/loki.yaml";
+    let loki = yaml(file);
+    let resource = at(
+        &loki,
+        &["limits_config", "otlp_config", "resource_attributes"],
+        file,
+    );
+    assert_eq!(
+        resource.get("ignore_defaults").and_then(Yaml::as_bool),
+        Some(true),
+        "otherwise Loki indexes 18 default resource attributes as labels"
+    );
+    let configs = yaml_seq(resource, &["attributes_config"], file);
+    let indexed: Vec<&str> = configs
+        .iter()
+        .filter(|c| c.get("action").and_then(Yaml::as_str) == Some("index_label"))
+        .flat_map(|c| strings(yaml_seq(c, &["attributes"], file)))
+        .collect();
+    assert_eq!(indexed, ["service"]);
+    assert!(LOKI_LABELS.contains(&indexed[0]));
+    // The backend sets that resource attribute to the service name the queries select.
+    let attributes = env
+        .get("OTEL_RESOURCE_ATTRIBUTES")
+        .expect("OTEL_RESOURCE_ATTRIBUTES");
+    assert!(
+        attributes
+            .split(',')
+            .any(|kv| kv.trim() == format!("service={SERVICE_NAME}")),
+        "OTEL_RESOURCE_ATTRIBUTES={attributes}"
+    );
+    // LOG_SHIPPER=otlp runs no shipper and turns OTLP logs on; the default stays off.
+    let makefile = read("Makefile");
+    assert!(makefile.contains("OTEL_LOGS_EXPORTER=otlp $(DEV_COMPOSE) up -d --build"));
+    assert!(makefile.contains("OTEL_LOGS_EXPORTER=none $(DEV_COMPOSE) --profile $(LOG_SHIPPER)"));
 }
