@@ -386,11 +386,16 @@ impl Transport {
             if Instant::now() + wait >= deadline {
                 return Delivery::Failed { cause };
             }
+            // A wait that began before the process started stopping ends when it does (the
+            // next attempt then learns whether the endpoint is reachable at all); once
+            // stopping, an answering endpoint is waited for as usual, within the flush budget.
             // Registered before the flag is read: a stop between the two still ends the wait.
             let stopped = self.stopped.notified();
             tokio::pin!(stopped);
             stopped.as_mut().enable();
-            if !self.is_stopping() {
+            if self.is_stopping() {
+                tokio::time::sleep(wait).await;
+            } else {
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = stopped => {}
