@@ -60,6 +60,21 @@ pub struct TelemetrySettings {
     /// `OTEL_TAIL_SAMPLING` and its `_RATIO`, `_LATENCY_MS`, `_MAX_WAIT_MS`: keep whole traces
     /// by outcome (errors, slow roots, a share of the rest). Off by default.
     pub tail_sampling: Option<TailPolicy>,
+    /// `OTEL_LOGS_EXPORTER=otlp`: log records also go over OTLP/HTTP (CONTRACT.md §4). `None`
+    /// (`none`, the default): stdout only.
+    pub logs: Option<LogsExport>,
+}
+
+/// Where and how log records are exported when `OTEL_LOGS_EXPORTER=otlp`.
+#[derive(Debug, Clone)]
+pub struct LogsExport {
+    /// `OTEL_EXPORTER_OTLP_LOGS_ENDPOINT` as is, or `<OTEL_EXPORTER_OTLP_ENDPOINT>/v1/logs`.
+    pub endpoint: Url,
+    /// `OTEL_BLRP_MAX_QUEUE_SIZE`: records the exporter holds; beyond it new ones are dropped
+    /// and counted.
+    pub max_queue_size: usize,
+    /// `OTEL_BLRP_MAX_EXPORT_BATCH_SIZE`: records per export request.
+    pub max_export_batch_size: usize,
 }
 
 impl TelemetrySettings {
@@ -169,7 +184,35 @@ impl TelemetrySettings {
             attribute_value_length_limit,
             resource_attributes,
             tail_sampling,
+            logs: logs_export(env)?,
         })
+    }
+}
+
+/// `OTEL_LOGS_EXPORTER` and what goes with it.
+fn logs_export(env: &Env<'_>) -> Result<Option<LogsExport>, ConfigError> {
+    let exporter = env.string("OTEL_LOGS_EXPORTER", "none");
+    match exporter.trim().to_ascii_lowercase().as_str() {
+        "none" | "" => Ok(None),
+        "otlp" => {
+            let max_queue_size =
+                env.bounded("OTEL_BLRP_MAX_QUEUE_SIZE", 2048usize, 1, 10_000_000)?;
+            let max_export_batch_size =
+                env.bounded("OTEL_BLRP_MAX_EXPORT_BATCH_SIZE", 512usize, 1, 1_000_000)?;
+            Ok(Some(LogsExport {
+                endpoint: resolve_signal_endpoint(
+                    ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "v1/logs"),
+                    env.get("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT").as_deref(),
+                    env.get("OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+                )?,
+                max_queue_size,
+                max_export_batch_size: max_export_batch_size.min(max_queue_size),
+            }))
+        }
+        _ => Err(ConfigError::new(
+            "OTEL_LOGS_EXPORTER",
+            format!("{exporter:?} is not supported (otlp or none)"),
+        )),
     }
 }
 
@@ -193,13 +236,27 @@ pub fn resolve_traces_endpoint(
     traces: Option<&str>,
     base: Option<&str>,
 ) -> Result<Url, ConfigError> {
-    if let Some(raw) = traces {
-        return parse_endpoint("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raw);
+    resolve_signal_endpoint(
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "v1/traces"),
+        traces,
+        base,
+    )
+}
+
+/// The rule of [`resolve_traces_endpoint`] for any signal: `(variable, path)` names the
+/// signal's own variable and the path appended to the base.
+fn resolve_signal_endpoint(
+    (variable, signal_path): (&'static str, &str),
+    signal: Option<&str>,
+    base: Option<&str>,
+) -> Result<Url, ConfigError> {
+    if let Some(raw) = signal {
+        return parse_endpoint(variable, raw);
     }
     let raw = base.unwrap_or("http://localhost:4318");
     let mut url = parse_endpoint("OTEL_EXPORTER_OTLP_ENDPOINT", raw)?;
     let path = url.path().trim_end_matches('/').to_owned();
-    url.set_path(&format!("{path}/v1/traces"));
+    url.set_path(&format!("{path}/{signal_path}"));
     Ok(url)
 }
 

@@ -25,6 +25,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogLevel;
+use crate::telemetry::export::logs::OtlpLogDrain;
 use crate::telemetry::propagation;
 
 /// Where log lines go.
@@ -52,7 +53,12 @@ const CHANNEL_LINES: usize = 16 * 1024;
 
 /// Builds the pipeline and installs the global logger. Returns the bridge layer for tracing
 /// events (to be added to the subscriber) and the guard that flushes on drop.
-pub fn init(service: &str, level: LogLevel, sink: LogSink) -> (TracingBridge, LogGuard) {
+pub fn init(
+    service: &str,
+    level: LogLevel,
+    sink: LogSink,
+    otlp: bool,
+) -> (TracingBridge, LogGuard) {
     let bridge_level = match level {
         LogLevel::Trace => tracing::Level::TRACE,
         LogLevel::Debug => tracing::Level::DEBUG,
@@ -77,7 +83,16 @@ pub fn init(service: &str, level: LogLevel, sink: LogSink) -> (TracingBridge, Lo
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
         .thread_name("log-writer".into())
         .build_with_guard();
-    let base = Logger::root(async_drain.fuse(), o!("service" => service.to_owned()));
+    // With OTLP logs, each line also becomes a record on the calling thread, where its ids are
+    // (`export::logs`); stdout is unchanged.
+    let base = if otlp {
+        Logger::root(
+            slog::Duplicate::new(async_drain, OtlpLogDrain).fuse(),
+            o!("service" => service.to_owned()),
+        )
+    } else {
+        Logger::root(async_drain.fuse(), o!("service" => service.to_owned()))
+    };
 
     let min = slog_level(level);
     let root = Logger::root(

@@ -100,6 +100,7 @@ struct Metrics {
     db_duration: Family<DbLabels, Histogram>,
     cache_requests: Family<CacheLabels, Counter>,
     exporter_spans: Family<OutcomeLabels, Counter>,
+    exporter_log_records: Family<OutcomeLabels, Counter>,
     exporter_queue: Gauge,
     exporter_export_duration: Histogram,
     exporter_retries: Counter,
@@ -268,6 +269,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Finished spans by what became of them in the exporter",
         exporter_spans.clone(),
     );
+    let exporter_log_records = Family::<OutcomeLabels, Counter>::default();
+    registry.register(
+        "otel_exporter_log_records",
+        "Log records exported over OTLP (OTEL_LOGS_EXPORTER=otlp) by what became of them",
+        exporter_log_records.clone(),
+    );
     let exporter_queue = Gauge::default();
     registry.register(
         "otel_exporter_queue_spans",
@@ -343,6 +350,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         db_duration,
         cache_requests,
         exporter_spans,
+        exporter_log_records,
         exporter_queue,
         exporter_export_duration,
         exporter_retries,
@@ -450,6 +458,16 @@ pub fn tail_sampling(kept: Option<&'static str>, spans: u64) {
             reason: kept,
         })
         .inc_by(spans);
+}
+
+/// Counts log records by what became of them in the OTLP exporter.
+pub fn exporter_log_records(outcome: SpanOutcome, count: u64) {
+    METRICS
+        .exporter_log_records
+        .get_or_create(&OutcomeLabels {
+            outcome: outcome.as_str(),
+        })
+        .inc_by(count);
 }
 
 /// Counts an audio job attempt by how it ended.

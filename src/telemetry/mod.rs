@@ -80,8 +80,12 @@ impl Default for TelemetryOptions {
 pub fn init(settings: &Settings, options: TelemetryOptions) -> Result<Telemetry, TelemetryError> {
     let otel = &settings.telemetry;
     limits::set_value_length(otel.attribute_value_length_limit);
-    let (bridge, log_guard) =
-        logging::init(&otel.service_name, settings.log_level, options.log_sink);
+    let (bridge, log_guard) = logging::init(
+        &otel.service_name,
+        settings.log_level,
+        options.log_sink,
+        otel.enabled && otel.logs.is_some(),
+    );
 
     let provider = if otel.enabled {
         let resource = resource(otel);

@@ -224,6 +224,7 @@ fn log_capture() -> LogCapture {
                 "exporter-test",
                 LogLevel::Info,
                 LogSink::Writer(Box::new(capture.clone())),
+                false,
             );
             (capture, guard)
         })

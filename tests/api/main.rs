@@ -21,6 +21,7 @@ mod limits;
 mod logout;
 mod methods;
 mod observability;
+mod otlp_logs;
 mod posts;
 mod protocol_errors;
 mod replicas;

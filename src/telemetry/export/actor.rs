@@ -30,7 +30,12 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_sdk::trace::SpanData;
+use prost::Message as _;
 
 use super::otlp::OtlpEncoder;
 use super::tail::{Decisions, TailSampler};
@@ -124,6 +129,73 @@ pub struct Enqueue {
     pub chunk: bool,
 }
 
+/// A log record for the logs queue (`export::logs`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EnqueueLog(pub LogRecord);
+
+/// The log records' side of the actor (`OTEL_LOGS_EXPORTER=otlp`): the same batching, delivery
+/// and accounting as spans, to the logs URL, with a queue and an in-flight slot of its own so
+/// that neither signal waits for the other.
+pub struct LogExport {
+    transport: Rc<Transport>,
+    /// Records held (mailbox, queue, pending, in flight), as [`QueueGauge`] for spans.
+    gauge: Arc<QueueGauge>,
+    batch: usize,
+    resource: ProtoResource,
+    queue: VecDeque<LogRecord>,
+    pending: VecDeque<Body>,
+    in_flight: Option<(Body, SpawnHandle)>,
+}
+
+impl LogExport {
+    pub fn new(
+        transport: Transport,
+        gauge: Arc<QueueGauge>,
+        batch: usize,
+        resource: ProtoResource,
+    ) -> Self {
+        Self {
+            transport: Rc::new(transport),
+            gauge,
+            batch: batch.max(1),
+            resource,
+            queue: VecDeque::new(),
+            pending: VecDeque::new(),
+            in_flight: None,
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.pending.is_empty() && self.in_flight.is_none()
+    }
+
+    /// One request body of at most a batch of queued records.
+    fn encode_batch(&mut self) {
+        let take = self.queue.len().min(self.batch);
+        let log_records: Vec<LogRecord> = self.queue.drain(..take).collect();
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(self.resource.clone()),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(InstrumentationScope {
+                        name: env!("CARGO_PKG_NAME").to_owned(),
+                        version: env!("CARGO_PKG_VERSION").to_owned(),
+                        ..Default::default()
+                    }),
+                    log_records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        self.pending.push_back(Body {
+            spans: take,
+            bytes: self.transport.body_of(Bytes::from(request.encode_to_vec())),
+        });
+    }
+}
+
 /// Export everything queued now; the reply comes when those spans are settled.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -156,7 +228,7 @@ pub struct BatchConfig {
     pub max_request_bytes: usize,
 }
 
-/// An encoded, compressed request and how many spans it carries.
+/// An encoded, compressed request and how many spans (or log records) it carries.
 struct Body {
     spans: usize,
     bytes: Bytes,
@@ -180,6 +252,8 @@ pub struct SpanExportActor {
     shutdown: Option<SyncSender<FlushReport>>,
     /// The endpoint could not be reached while stopping: the shutdown gives up.
     unreachable: bool,
+    /// Log records, when they are exported too.
+    logs: Option<LogExport>,
     /// Spans given up since the last flush answer.
     undelivered: usize,
     /// Causes already logged: each distinct failure is logged once, not per batch.
@@ -194,9 +268,11 @@ impl SpanExportActor {
         gauge: Arc<QueueGauge>,
         staging: Arc<Staging>,
         tail: Option<TailSampler>,
+        logs: Option<LogExport>,
     ) -> Self {
         Self {
             tail,
+            logs,
             config,
             encoder,
             transport: Rc::new(transport),
@@ -261,6 +337,97 @@ impl SpanExportActor {
     /// Whether a flush or shutdown wants the queue emptied now, regardless of batch size.
     fn draining(&self) -> bool {
         !self.flushes.is_empty() || self.shutdown.is_some()
+    }
+
+    /// As [`Self::pump`], for log records.
+    fn pump_logs(&mut self, ctx: &mut Context<Self>, force: bool) {
+        let draining = self.draining();
+        let deadline = Instant::now() + self.config.export_deadline;
+        let Some(logs) = &mut self.logs else {
+            return;
+        };
+        if logs.in_flight.is_some() {
+            return;
+        }
+        if logs.pending.is_empty() && !logs.queue.is_empty() {
+            let full = logs.queue.len() >= logs.batch;
+            if full || force || draining {
+                logs.encode_batch();
+            }
+        }
+        let Some(body) = logs.pending.pop_front() else {
+            return;
+        };
+        let transport = Rc::clone(&logs.transport);
+        let bytes = body.bytes.clone();
+        self.deliver_logs(ctx, body, transport, bytes, deadline);
+    }
+
+    fn deliver_logs(
+        &mut self,
+        ctx: &mut Context<Self>,
+        body: Body,
+        transport: Rc<Transport>,
+        bytes: Bytes,
+        deadline: Instant,
+    ) {
+        let delivery = async move {
+            transport
+                .deliver(bytes, deadline, metrics::exporter_retry)
+                .await
+        };
+        let handle = ctx.spawn(delivery.into_actor(self).map(|delivery, act, ctx| {
+            act.settle_logs(delivery);
+            if act.unreachable {
+                return act.abandon(ctx);
+            }
+            act.pump_logs(ctx, false);
+            // A shutdown may have been waiting for the logs alone.
+            act.pump(ctx, false);
+        }));
+        if let Some(logs) = &mut self.logs {
+            logs.in_flight = Some((body, handle));
+        }
+    }
+
+    /// Accounts for a delivered or refused batch of log records; puts back one whose retries
+    /// ran out, as for spans.
+    fn settle_logs(&mut self, delivery: Delivery) {
+        let Some(logs) = &mut self.logs else {
+            return;
+        };
+        let Some((body, _)) = logs.in_flight.take() else {
+            return;
+        };
+        let records = body.spans;
+        match delivery {
+            Delivery::Exported { rejected_spans, .. } => {
+                let rejected = usize::try_from(rejected_spans).unwrap_or(0).min(records);
+                metrics::exporter_log_records(SpanOutcome::Exported, (records - rejected) as u64);
+                if rejected > 0 {
+                    metrics::exporter_log_records(SpanOutcome::DroppedRejected, rejected as u64);
+                }
+            }
+            Delivery::Rejected { cause } => {
+                metrics::exporter_log_records(SpanOutcome::DroppedRejected, records as u64);
+                // Once per cause; written to stderr, since a log line would come back here.
+                if self.logged_causes.insert(format!("logs: {cause}")) {
+                    eprintln!(
+                        "sidechain: the logs endpoint refused a batch ({cause}); dropping it"
+                    );
+                }
+            }
+            Delivery::Failed { .. } => {
+                logs.pending.push_front(body);
+                return;
+            }
+            Delivery::Unreachable { .. } => {
+                logs.pending.push_front(body);
+                self.unreachable = true;
+                return;
+            }
+        }
+        logs.gauge.release(records);
     }
 
     /// Starts a delivery if none is in flight and there is something to send: a pending body,
@@ -398,6 +565,7 @@ impl SpanExportActor {
             self.undelivered = 0;
         }
         if self.queue.is_empty()
+            && self.logs.as_ref().is_none_or(LogExport::idle)
             && let Some(reply) = self.shutdown.take()
         {
             let _ = reply.send(FlushReport { undelivered });
@@ -419,6 +587,18 @@ impl SpanExportActor {
         }
         metrics::exporter_spans(SpanOutcome::Failed, lost as u64);
         self.gauge.release(lost);
+        if let Some(logs) = &mut self.logs {
+            let mut lost_records =
+                logs.queue.len() + logs.pending.iter().map(|b| b.spans).sum::<usize>();
+            logs.queue.clear();
+            logs.pending.clear();
+            if let Some((body, handle)) = logs.in_flight.take() {
+                ctx.cancel_future(handle);
+                lost_records += body.spans;
+            }
+            metrics::exporter_log_records(SpanOutcome::Failed, lost_records as u64);
+            logs.gauge.release(lost_records);
+        }
         let _ = reply.send(FlushReport {
             undelivered: self.undelivered + lost,
         });
@@ -438,6 +618,7 @@ impl Actor for SpanExportActor {
                 act.take_decisions(decisions);
             }
             act.pump(ctx, true);
+            act.pump_logs(ctx, true);
             metrics::exporter_queue(act.gauge.held());
         });
     }
@@ -459,6 +640,20 @@ impl Handler<Enqueue> for SpanExportActor {
         self.accept(msg.spans);
         if self.queue.len() >= self.config.max_export_batch_size {
             self.pump(ctx, false);
+        }
+    }
+}
+
+impl Handler<EnqueueLog> for SpanExportActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: EnqueueLog, ctx: &mut Self::Context) {
+        let Some(logs) = &mut self.logs else {
+            return;
+        };
+        logs.queue.push_back(msg.0);
+        if logs.queue.len() >= logs.batch {
+            self.pump_logs(ctx, false);
         }
     }
 }
@@ -488,6 +683,10 @@ impl Handler<Shutdown> for SpanExportActor {
         self.drain_tail();
         let remaining = msg.deadline.saturating_duration_since(Instant::now());
         ctx.run_later(remaining, |act, ctx| act.abandon(ctx));
+        if let Some(logs) = &self.logs {
+            logs.transport.stopping();
+        }
+        self.pump_logs(ctx, true);
         self.pump(ctx, true);
     }
 }

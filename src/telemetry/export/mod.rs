@@ -10,6 +10,7 @@
 //! ```
 
 mod actor;
+pub mod logs;
 pub mod otlp;
 mod processor;
 #[cfg(any(test, feature = "reference-encoder"))]
@@ -74,6 +75,33 @@ impl Default for ExportOptions {
     }
 }
 
+/// The spans' resource in its OTLP form, for the log records.
+fn proto_resource(resource: &Resource) -> opentelemetry_proto::tonic::resource::v1::Resource {
+    use opentelemetry::Value;
+    use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
+    let attributes = resource
+        .iter()
+        .map(|(key, value)| {
+            let value = match value {
+                Value::Bool(b) => V::BoolValue(*b),
+                Value::I64(i) => V::IntValue(*i),
+                Value::F64(f) => V::DoubleValue(*f),
+                other => V::StringValue(other.to_string()),
+            };
+            KeyValue {
+                key: key.to_string(),
+                value: Some(AnyValue { value: Some(value) }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    opentelemetry_proto::tonic::resource::v1::Resource {
+        attributes,
+        ..Default::default()
+    }
+}
+
 /// Starts the export actor on its own thread and returns the processor that feeds it.
 pub fn start(
     settings: &TelemetrySettings,
@@ -99,6 +127,20 @@ pub fn start(
     #[cfg(not(feature = "reference-encoder"))]
     let encoder = OtlpEncoder::new(resource, limits);
     let transport = Transport::new(settings, options.retry)?;
+    // The parts of the actor's log side; it is built on the export thread (it holds an `Rc`).
+    let logs = match &settings.logs {
+        None => None,
+        Some(export) => Some((
+            Transport::to(settings, export.endpoint.clone(), options.retry)?,
+            Arc::new(QueueGauge::default()),
+            export.max_export_batch_size,
+            proto_resource(resource),
+            export.max_queue_size,
+        )),
+    };
+    let log_gauge = logs
+        .as_ref()
+        .map(|(_, gauge, _, _, max)| (Arc::clone(gauge), *max));
     let gauge = Arc::new(QueueGauge::default());
     let staging = Arc::new(Staging::new(
         STAGING_CHUNK.min(settings.max_export_batch_size),
@@ -137,6 +179,9 @@ pub fn start(
                         actor_gauge,
                         actor_staging,
                         sampler,
+                        logs.map(|(transport, gauge, batch, resource, _)| {
+                            actor::LogExport::new(transport, gauge, batch, resource)
+                        }),
                     )
                 });
                 let _ = addr_tx.send(addr);
@@ -145,6 +190,9 @@ pub fn start(
             let _ = system.run();
         })?;
     let addr = addr_rx.recv().map_err(|_| ExporterError::Startup)?;
+    if let Some((gauge, max)) = log_gauge {
+        logs::connect(addr.clone(), gauge, max);
+    }
     Ok(ActorSpanProcessor::new(
         addr,
         gauge,

@@ -185,7 +185,17 @@ pub struct Transport {
 }
 
 impl Transport {
+    /// To the traces URL.
     pub fn new(settings: &TelemetrySettings, policy: RetryPolicy) -> Result<Self, reqwest::Error> {
+        Self::to(settings, settings.traces_endpoint.clone(), policy)
+    }
+
+    /// To `url` (the logs URL), with the traces' headers, compression and timeouts.
+    pub fn to(
+        settings: &TelemetrySettings,
+        url: Url,
+        policy: RetryPolicy,
+    ) -> Result<Self, reqwest::Error> {
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -210,7 +220,7 @@ impl Transport {
             .build()?;
         Ok(Self {
             client,
-            url: settings.traces_endpoint.clone(),
+            url,
             headers,
             compression: settings.compression,
             gzip: Mutex::new(Gzip {
