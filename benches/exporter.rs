@@ -46,6 +46,9 @@ use opentelemetry_sdk::trace::{
 };
 use sidechain::config::Env;
 use sidechain::telemetry::config::TelemetrySettings;
+use sidechain::telemetry::export::otlp::EncodeSpans;
+#[cfg(feature = "reference-encoder")]
+use sidechain::telemetry::export::reference::ReferenceEncoder;
 use sidechain::telemetry::export::transport::Transport;
 use sidechain::telemetry::export::{
     self, ActorSpanProcessor, AttributeLimits, ExportOptions, OtlpEncoder, RetryPolicy,
@@ -577,7 +580,7 @@ fn encode_benches(
     });
     #[cfg(feature = "reference-encoder")]
     {
-        let reference = OtlpEncoder::reference(resource, AttributeLimits::default());
+        let reference = ReferenceEncoder::new(resource, AttributeLimits::default());
         group.bench_function("otlp_encode_reference_512", |b| {
             b.iter_batched(
                 || {
@@ -696,14 +699,14 @@ fn cpu_account(
         not(feature = "reference-encoder"),
         expect(unused_mut, reason = "the reference is added with the feature")
     )]
-    let mut encoders = vec![(
+    let mut encoders: Vec<(&str, Box<dyn EncodeSpans>)> = vec![(
         "direct",
-        OtlpEncoder::new(resource, AttributeLimits::default()),
+        Box::new(OtlpEncoder::new(resource, AttributeLimits::default())),
     )];
     #[cfg(feature = "reference-encoder")]
     encoders.push((
         "reference",
-        OtlpEncoder::reference(resource, AttributeLimits::default()),
+        Box::new(ReferenceEncoder::new(resource, AttributeLimits::default())),
     ));
     let batches = (spans / BATCH).max(1);
     let per_span = (batches * BATCH) as f64;

@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 
 use crate::telemetry::logging;
 use crate::telemetry::propagation;
+use crate::telemetry::root_span::ServerFault;
 
 /// `Retry-After` of a 503: outages of Postgres or Redis that a retry can outlast are short
 /// (a pool timeout, a restart).
@@ -234,6 +235,12 @@ impl ResponseError for AppError {
             },
         };
         let mut response = HttpResponse::build(self.status_code());
+        if self.status_code().is_server_error() {
+            response.extensions_mut().insert(ServerFault {
+                kind: self.kind(),
+                message: self.to_string(),
+            });
+        }
         match self {
             Self::TooManyRequests { retry_after_s, .. } | Self::Busy { retry_after_s } => {
                 response.insert_header((header::RETRY_AFTER, retry_after_s.max(&1).to_string()));

@@ -13,7 +13,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let telemetry = match telemetry::init(&settings, TelemetryOptions::default()) {
+    let telemetry = match telemetry::init(
+        &settings.telemetry,
+        settings.log_level,
+        TelemetryOptions::default(),
+    ) {
         Ok(telemetry) => telemetry,
         Err(err) => {
             eprintln!("sidechain: telemetry: {err}");

@@ -3,8 +3,6 @@
 //! `build` binds the listener itself, so tests bind port 0 and read the real port back.
 
 use std::net::TcpListener;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use actix_web::body::{EitherBody, MessageBody};
@@ -27,13 +25,11 @@ use crate::errors::AppError;
 use crate::maintenance::TokenPurge;
 use crate::routes::body_idle::{BodyIdleTimeout, bound_body_idle};
 use crate::routes::hashing::PasswordHashing;
+use crate::routes::health::Draining;
 use crate::routes::throttle::{LoginThrottle, RegisterThrottle};
-use crate::routes::{self, AppState};
+use crate::routes::{self, AppState, BODY_LIMIT};
 use crate::telemetry::logging;
 use crate::telemetry::root_span::{SidechainRootSpan, traceresponse_header};
-
-/// The request body limit (CONTRACT.md §2).
-pub const BODY_LIMIT: usize = 256 * 1024;
 
 /// Open connections one worker thread accepts before it stops accepting (actix-web's default is
 /// 25,000; with one worker per core this bounds sockets and their buffers per process).
@@ -68,21 +64,6 @@ pub enum StartupError {
     HashingThreads(std::io::Error),
     #[error(transparent)]
     AudioStorage(#[from] crate::audio::storage::OpenError),
-}
-
-/// Set from the first SIGTERM/SIGINT on: `/ready` fails and responses close their
-/// connections, so that balancers move away while requests are still served.
-#[derive(Debug, Clone, Default)]
-pub struct Draining(Arc<AtomicBool>);
-
-impl Draining {
-    pub fn is_draining(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    fn start(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
 }
 
 /// The running service.

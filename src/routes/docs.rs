@@ -18,11 +18,11 @@ use serde_json::{Map, Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
+use super::BODY_LIMIT;
 use super::{audio, auth, comments, feed, health, json, posts, search, users};
 use crate::domain::FeedKind;
 use crate::domain::rules::{self, IntRule, TextRule};
 use crate::errors::{ErrorBody, ErrorDetail};
-use crate::startup::BODY_LIMIT;
 
 #[derive(OpenApi)]
 #[openapi(

@@ -1,5 +1,8 @@
 //! Liveness, readiness and metrics.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 use serde::Serialize;
@@ -19,6 +22,22 @@ pub struct HealthJson {
     responses((status = 200, description = "Alive", body = HealthJson)))]
 pub async fn health() -> HttpResponse {
     HttpResponse::Ok().json(HealthJson { status: "ok" })
+}
+
+/// Set from the first SIGTERM/SIGINT on: `/ready` fails and responses close their
+/// connections, so that balancers move away while requests are still served.
+#[derive(Debug, Clone, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+impl Draining {
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// The process is stopping (`startup`, on the first signal).
+    pub fn start(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -47,10 +47,14 @@ pub struct AppState {
     /// `TOKEN_MAX_PER_USER`.
     pub token_max_per_user: u32,
     /// Set once the process is stopping: `/ready` fails.
-    pub draining: crate::startup::Draining,
+    pub draining: health::Draining,
 }
 
 pub type State = web::Data<AppState>;
+
+/// The request body limit of the buffering extractors (CONTRACT.md §2); the audio upload
+/// streams its body and has its own.
+pub const BODY_LIMIT: usize = 256 * 1024;
 
 /// A post or comment id from the path. Something that is not a UUID names nothing: 404.
 pub fn parse_id(raw: &str, what: &'static str) -> Result<Uuid, AppError> {

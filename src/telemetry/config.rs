@@ -9,8 +9,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 
-use crate::config::{ConfigError, Env};
-use crate::telemetry::export::TailPolicy;
+use crate::config::env::{ConfigError, Env};
 
 /// Request compression of export requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +62,17 @@ pub struct TelemetrySettings {
     /// `OTEL_LOGS_EXPORTER=otlp`: log records also go over OTLP/HTTP (CONTRACT.md §4). `None`
     /// (`none`, the default): stdout only.
     pub logs: Option<LogsExport>,
+}
+
+/// When tail sampling keeps a trace (`OTEL_TAIL_SAMPLING_*`); `export::tail` decides by it.
+#[derive(Debug, Clone, Copy)]
+pub struct TailPolicy {
+    /// Share of the other traces kept, by trace id (as `TraceIdRatioBased` decides).
+    pub ratio: f64,
+    /// A root at least this long keeps its trace.
+    pub latency: Duration,
+    /// How long spans wait for their root, and how long a failure is remembered for it.
+    pub max_wait: Duration,
 }
 
 /// Where and how log records are exported when `OTEL_LOGS_EXPORTER=otlp`.

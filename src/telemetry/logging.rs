@@ -24,8 +24,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::LogLevel;
-use crate::telemetry::export::logs::OtlpLogDrain;
+use crate::config::env::LogLevel;
 use crate::telemetry::propagation;
 
 /// Where log lines go.
@@ -53,11 +52,21 @@ const CHANNEL_LINES: usize = 16 * 1024;
 
 /// Builds the pipeline and installs the global logger. Returns the bridge layer for tracing
 /// events (to be added to the subscriber) and the guard that flushes on drop.
+/// A second destination of every line, beside stdout: the OTLP log drain
+/// (`export::logs::OtlpLogDrain`) when `OTEL_LOGS_EXPORTER=otlp`.
+pub type ExtraDrain = Box<
+    dyn Drain<Ok = (), Err = slog::Never>
+        + Send
+        + Sync
+        + std::panic::RefUnwindSafe
+        + std::panic::UnwindSafe,
+>;
+
 pub fn init(
     service: &str,
     level: LogLevel,
     sink: LogSink,
-    otlp: bool,
+    extra: Option<ExtraDrain>,
 ) -> (TracingBridge, LogGuard) {
     let bridge_level = match level {
         LogLevel::Trace => tracing::Level::TRACE,
@@ -85,9 +94,9 @@ pub fn init(
         .build_with_guard();
     // With OTLP logs, each line also becomes a record on the calling thread, where its ids are
     // (`export::logs`); stdout is unchanged.
-    let base = if otlp {
+    let base = if let Some(extra) = extra {
         Logger::root(
-            slog::Duplicate::new(async_drain, OtlpLogDrain).fuse(),
+            slog::Duplicate::new(async_drain, extra).fuse(),
             o!("service" => service.to_owned()),
         )
     } else {

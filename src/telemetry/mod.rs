@@ -35,7 +35,7 @@ use tracing_subscriber::filter::{Filtered, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::config::{LogLevel, Settings};
+use crate::config::env::LogLevel;
 use config::TelemetrySettings;
 use export::ExportOptions;
 pub use logging::LogSink;
@@ -77,14 +77,18 @@ impl Default for TelemetryOptions {
 }
 
 /// Starts logging, metrics and (when enabled) tracing, and installs the global subscriber.
-pub fn init(settings: &Settings, options: TelemetryOptions) -> Result<Telemetry, TelemetryError> {
-    let otel = &settings.telemetry;
+pub fn init(
+    otel: &TelemetrySettings,
+    log_level: LogLevel,
+    options: TelemetryOptions,
+) -> Result<Telemetry, TelemetryError> {
     limits::set_value_length(otel.attribute_value_length_limit);
     let (bridge, log_guard) = logging::init(
         &otel.service_name,
-        settings.log_level,
+        log_level,
         options.log_sink,
-        otel.enabled && otel.logs.is_some(),
+        (otel.enabled && otel.logs.is_some())
+            .then(|| Box::new(export::logs::OtlpLogDrain) as logging::ExtraDrain),
     );
 
     let provider = if otel.enabled {
@@ -124,7 +128,7 @@ pub fn init(settings: &Settings, options: TelemetryOptions) -> Result<Telemetry,
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     // `log` records (actix-server, redis, …) become tracing events, then log lines.
     let _ = tracing_log::LogTracer::builder()
-        .with_max_level(log_level_filter(settings.log_level))
+        .with_max_level(log_level_filter(log_level))
         .init();
 
     Ok(Telemetry {

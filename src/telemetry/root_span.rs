@@ -32,11 +32,20 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::client_address::{ClientAddress, TrustedProxies};
-use crate::errors::AppError;
 use crate::telemetry::{export, limits, logging, metrics, propagation};
 
 /// Our `RootSpanBuilder`: contract names (CONTRACT.md §3) on the SERVER span.
 pub struct SidechainRootSpan;
+
+/// What the `exception` event of a request answered with a server error says: the kind of the
+/// fault (never its cause, which may hold values) and the message the client was given. The
+/// error type puts it in its response's extensions (`errors`), so that telemetry needs no
+/// knowledge of the HTTP error type; a 5xx without it is described by its status.
+#[derive(Debug, Clone)]
+pub struct ServerFault {
+    pub kind: &'static str,
+    pub message: String,
+}
 
 /// What the end of a request needs from its start.
 struct RequestStart {
@@ -115,13 +124,9 @@ impl RootSpanBuilder for SidechainRootSpan {
     }
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
-        let (status, error, request) = match outcome {
-            Ok(response) => (
-                response.status(),
-                response.response().error(),
-                Some(response.request()),
-            ),
-            Err(error) => (error.as_response_error().status_code(), Some(error), None),
+        let (status, request) = match outcome {
+            Ok(response) => (response.status(), Some(response.request())),
+            Err(error) => (error.as_response_error().status_code(), None),
         };
         // As i64: tracing-opentelemetry exports unsigned integers as strings.
         span.record("http.response.status_code", i64::from(status.as_u16()));
@@ -130,8 +135,16 @@ impl RootSpanBuilder for SidechainRootSpan {
             span.record("error.type", status.as_str());
             // The exception event says what failed, not why in detail: the cause chain may hold
             // values, so it goes to the log line (which carries this trace id) instead.
-            let (kind, message) = match error.and_then(|e| e.as_error::<AppError>()) {
-                Some(app) => (app.kind().to_owned(), app.to_string()),
+            let fault = match outcome {
+                Ok(response) => response
+                    .response()
+                    .extensions()
+                    .get::<ServerFault>()
+                    .cloned(),
+                Err(_) => None,
+            };
+            let (kind, message) = match fault {
+                Some(fault) => (fault.kind.to_owned(), fault.message),
                 None => (
                     "http".to_owned(),
                     status

@@ -224,7 +224,7 @@ fn log_capture() -> LogCapture {
                 "exporter-test",
                 LogLevel::Info,
                 LogSink::Writer(Box::new(capture.clone())),
-                false,
+                None,
             );
             (capture, guard)
         })

@@ -377,7 +377,10 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut TestConfig)) -> TestApp 
             log_sink: LogSink::Writer(Box::new(logs.clone())),
             ..Default::default()
         };
-        let _ = TELEMETRY.set(telemetry::init(&settings, options).expect("telemetry starts"));
+        let _ = TELEMETRY.set(
+            telemetry::init(&settings.telemetry, settings.log_level, options)
+                .expect("telemetry starts"),
+        );
     }
 
     let app = Application::build(settings).await.expect("the app starts");

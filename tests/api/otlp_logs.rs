@@ -4,8 +4,8 @@
 //! official `opentelemetry-proto` types.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -18,19 +18,11 @@ use wiremock::{Mock, Request, Respond, ResponseTemplate};
 
 use crate::helpers::{KIND_SERVER, TestApp, poll_within, spawn_app_with, traceresponse};
 
-/// The log records received at `/v1/logs`, decoded, with each request's resource.
-async fn records(app: &TestApp) -> Vec<(LogRecord, Vec<(String, String)>)> {
+/// The log records the gate accepted (answered 200), decoded, with each request's resource.
+fn records(gate: &Gate) -> Vec<(LogRecord, Vec<(String, String)>)> {
     let mut out = Vec::new();
-    for request in app
-        .otlp
-        .server
-        .received_requests()
-        .await
-        .unwrap_or_default()
-    {
-        if request.url.path() != "/v1/logs" {
-            continue;
-        }
+    let accepted = gate.accepted.lock().unwrap().clone();
+    for request in accepted {
         let gzipped = request
             .headers
             .get("content-encoding")
@@ -87,10 +79,9 @@ fn attribute(record: &LogRecord, key: &str) -> Option<String> {
         .map(|kv| text(kv.value.clone().and_then(|v| v.value)))
 }
 
-/// The access line's record of each request whose trace id is in `traces`.
-async fn access_records(app: &TestApp, traces: &HashSet<String>) -> Vec<LogRecord> {
-    records(app)
-        .await
+/// The accepted access-line record of each request whose trace id is in `traces`.
+fn access_records(gate: &Gate, traces: &HashSet<String>) -> Vec<LogRecord> {
+    records(gate)
         .into_iter()
         .map(|(r, _)| r)
         .filter(|r| body(r) == "request completed" && traces.contains(&hex::encode(&r.trace_id)))
@@ -105,46 +96,50 @@ async fn otlp_logs_app(configure: impl FnOnce(&mut crate::helpers::TestConfig)) 
     .await
 }
 
-/// Answers 200 at `/v1/logs` once `open` is set, 503 before.
-#[derive(Clone)]
+/// The logs endpoint: answers 200 once `open` is set, 503 before, and keeps what it accepted
+/// (a refused body was not delivered, whatever it held).
+#[derive(Clone, Default)]
 struct Gate {
     open: Arc<AtomicUsize>,
+    accepted: Arc<Mutex<Vec<Request>>>,
+    refused: Arc<AtomicUsize>,
 }
 
 impl Respond for Gate {
-    fn respond(&self, _: &Request) -> ResponseTemplate {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
         if self.open.load(Ordering::SeqCst) > 0 {
+            self.accepted.lock().unwrap().push(request.clone());
             ResponseTemplate::new(200)
         } else {
+            self.refused.fetch_add(1, Ordering::SeqCst);
             ResponseTemplate::new(503)
         }
     }
 }
 
-async fn gate(app: &TestApp) -> Arc<AtomicUsize> {
-    let open = Arc::new(AtomicUsize::new(0));
-    Mock::given(method("POST"))
-        .and(path("/v1/logs"))
-        .respond_with(Gate { open: open.clone() })
-        .mount(&app.otlp.server)
-        .await;
-    open
+impl Gate {
+    async fn mount(app: &TestApp, open: bool) -> Self {
+        let gate = Gate::default();
+        gate.open.store(usize::from(open), Ordering::SeqCst);
+        Mock::given(method("POST"))
+            .and(path("/v1/logs"))
+            .respond_with(gate.clone())
+            .mount(&app.otlp.server)
+            .await;
+        gate
+    }
 }
 
 #[tokio::test]
 async fn log_lines_arrive_as_records_with_the_ids_of_their_span() {
     let app = otlp_logs_app(|_| {}).await;
-    let _open = {
-        let open = gate(&app).await;
-        open.store(1, Ordering::SeqCst);
-        open
-    };
+    let gate = Gate::mount(&app, true).await;
     let response = app.get("/api/v1/feed/unified?type=global").await;
     assert_eq!(response.status(), StatusCode::OK);
     let (trace_id, root_span_id, _) = traceresponse(&response);
     let traces = HashSet::from([trace_id.clone()]);
     let record = poll_within("the access record", Duration::from_secs(10), || async {
-        access_records(&app, &traces).await.into_iter().next()
+        access_records(&gate, &traces).into_iter().next()
     })
     .await;
 
@@ -168,15 +163,13 @@ async fn log_lines_arrive_as_records_with_the_ids_of_their_span() {
         "the time is the record's own"
     );
     // The spans' resource.
-    let (_, resource) = records(&app)
-        .await
+    let (_, resource) = records(&gate)
         .into_iter()
         .find(|(r, _)| r.span_id == record.span_id)
         .unwrap();
     assert!(resource.contains(&("service.name".into(), "sidechain-backend".into())));
     // A line written outside any span has no ids.
-    let startup = records(&app)
-        .await
+    let startup = records(&gate)
         .into_iter()
         .map(|(r, _)| r)
         .find(|r| body(r) == "listening");
@@ -196,7 +189,7 @@ async fn records_wait_out_an_outage_within_the_queue_bound() {
         c.set("OTEL_BLRP_MAX_QUEUE_SIZE", "1000");
     })
     .await;
-    let open = gate(&app).await;
+    let gate = Gate::mount(&app, false).await;
     let mut traces = HashSet::new();
     for _ in 0..20 {
         let response = app.get("/health").await;
@@ -204,22 +197,12 @@ async fn records_wait_out_an_outage_within_the_queue_bound() {
     }
     // The endpoint answers 503 meanwhile: retried, not lost.
     poll_within("a refused export", Duration::from_secs(10), || async {
-        let refused = app
-            .otlp
-            .server
-            .received_requests()
-            .await
-            .unwrap_or_default()
-            .iter()
-            .any(|r| r.url.path() == "/v1/logs");
-        refused.then_some(())
+        (gate.refused.load(Ordering::SeqCst) > 0).then_some(())
     })
     .await;
-    assert!(access_records(&app, &traces).await.is_empty());
-    open.store(1, Ordering::SeqCst);
+    gate.open.store(1, Ordering::SeqCst);
     let delivered = poll_within("every access record", Duration::from_secs(30), || async {
-        let got: HashSet<String> = access_records(&app, &traces)
-            .await
+        let got: HashSet<String> = access_records(&gate, &traces)
             .iter()
             .map(|r| hex::encode(&r.trace_id))
             .collect();
@@ -237,7 +220,7 @@ async fn past_the_queue_bound_records_are_dropped_and_counted() {
     })
     .await;
     // Never answers 200: everything stays held, and the bound is reached.
-    let _closed = gate(&app).await;
+    let _closed = Gate::mount(&app, false).await;
     for _ in 0..30 {
         assert_eq!(app.get("/health").await.status(), StatusCode::OK);
     }

@@ -37,7 +37,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource as ProtoResource;
 use opentelemetry_sdk::trace::SpanData;
 use prost::Message as _;
 
-use super::otlp::OtlpEncoder;
+use super::otlp::EncodeSpans;
 use super::tail::{Decisions, TailSampler};
 use super::transport::{Delivery, Transport};
 use crate::telemetry::logging;
@@ -236,7 +236,7 @@ struct Body {
 
 pub struct SpanExportActor {
     config: BatchConfig,
-    encoder: OtlpEncoder,
+    encoder: Box<dyn EncodeSpans>,
     transport: Rc<Transport>,
     gauge: Arc<QueueGauge>,
     staging: Arc<Staging>,
@@ -263,7 +263,7 @@ pub struct SpanExportActor {
 impl SpanExportActor {
     pub fn new(
         config: BatchConfig,
-        encoder: OtlpEncoder,
+        encoder: Box<dyn EncodeSpans>,
         transport: Transport,
         gauge: Arc<QueueGauge>,
         staging: Arc<Staging>,

@@ -225,10 +225,7 @@ mod tests {
 
     #[test]
     fn a_line_becomes_a_record_with_its_own_ids() {
-        let logger = slog::Logger::root(
-            Capture.fuse(),
-            slog::o!("service" => "sidechain-backend"),
-        );
+        let logger = slog::Logger::root(Capture.fuse(), slog::o!("service" => "sidechain-backend"));
         CAPTURED.with(|c| c.borrow_mut().clear());
         slog::warn!(logger, "request completed";
             "trace_id" => "0af7651916cd43dd8448eb211c80319c",

@@ -27,9 +27,10 @@ pub use actor::{BatchConfig, FlushReport};
 pub use otlp::{AttributeLimits, EncodedBatch, OtlpEncoder};
 pub use processor::ActorSpanProcessor;
 // Tail sampling's request-path half, for `root_span` and `telemetry::init`.
+pub use crate::telemetry::config::TailPolicy;
 pub use tail::{
-    DROPPED as TAIL_DROPPED, REASON_ATTRIBUTE as TAIL_REASON_ATTRIBUTE, RootDecider, TailPolicy,
-    TailReason, install as install_tail_sampling, root_decider,
+    DROPPED as TAIL_DROPPED, REASON_ATTRIBUTE as TAIL_REASON_ATTRIBUTE, RootDecider, TailReason,
+    install as install_tail_sampling, root_decider,
 };
 pub use transport::{RetryPolicy, STOPPING_RETRY};
 
@@ -118,14 +119,15 @@ pub fn start(
         count: settings.attribute_count_limit,
         value_length: settings.attribute_value_length_limit,
     };
+    // The bench-only reference conversion plugs in from outside the production encoder.
     #[cfg(feature = "reference-encoder")]
-    let encoder = if options.reference_encoder {
-        OtlpEncoder::reference(resource, limits)
+    let encoder: Box<dyn otlp::EncodeSpans> = if options.reference_encoder {
+        Box::new(reference::ReferenceEncoder::new(resource, limits))
     } else {
-        OtlpEncoder::new(resource, limits)
+        Box::new(OtlpEncoder::new(resource, limits))
     };
     #[cfg(not(feature = "reference-encoder"))]
-    let encoder = OtlpEncoder::new(resource, limits);
+    let encoder: Box<dyn otlp::EncodeSpans> = Box::new(OtlpEncoder::new(resource, limits));
     let transport = Transport::new(settings, options.retry)?;
     // The parts of the actor's log side; it is built on the export thread (it holds an `Rc`).
     let logs = match &settings.logs {

@@ -15,7 +15,7 @@
 //! is still the definition of what is written: field numbers and types follow
 //! `opentelemetry-proto` 0.32's generated messages (named at each field below), and the tests
 //! decode every body written here with those types and compare it with the reference
-//! conversion ([`super::reference`]) over generated spans.
+//! conversion (`export::reference`) over generated spans.
 //!
 //! Lengths: a leaf message (a key-value pair, a status) is sized before it is written. A span, a
 //! scope's spans, an event and a link are written after a length placeholder of the width their
@@ -68,8 +68,20 @@ pub struct OtlpEncoder {
     limits: AttributeLimits,
     /// Bytes per span of the last batch: the next buffer's capacity, so that it rarely grows.
     bytes_per_span: Cell<usize>,
-    #[cfg(feature = "reference-encoder")]
-    reference: Option<super::reference::ReferenceEncoder>,
+}
+
+/// What the export actor needs of an encoder: batches of finished spans into request bodies.
+/// [`OtlpEncoder`] is the one in production; the bench-only reference conversion
+/// (`export::reference`) plugs in through this trait, so that no production type carries it.
+pub trait EncodeSpans: Send {
+    /// Encodes a batch as one request, or several when one would exceed `max_bytes`.
+    fn encode(&self, spans: Vec<SpanData>, max_bytes: usize) -> Vec<EncodedBatch>;
+}
+
+impl EncodeSpans for OtlpEncoder {
+    fn encode(&self, spans: Vec<SpanData>, max_bytes: usize) -> Vec<EncodedBatch> {
+        OtlpEncoder::encode(self, spans, max_bytes)
+    }
 }
 
 // Field numbers of `opentelemetry-proto` 0.32 (`tonic::…::v1`), one group per message.
@@ -172,18 +184,6 @@ impl OtlpEncoder {
             resource_schema_field,
             limits,
             bytes_per_span: Cell::new(512),
-            #[cfg(feature = "reference-encoder")]
-            reference: None,
-        }
-    }
-
-    /// The encoder of the reference conversion (the official message tree), for the
-    /// benchmark's comparison.
-    #[cfg(feature = "reference-encoder")]
-    pub fn reference(resource: &Resource, limits: AttributeLimits) -> Self {
-        Self {
-            reference: Some(super::reference::ReferenceEncoder::new(resource, limits)),
-            ..Self::new(resource, limits)
         }
     }
 
@@ -193,10 +193,6 @@ impl OtlpEncoder {
     /// unacceptable. Spans keep their order within their scope, and scopes the order in which
     /// the batch first names them.
     pub fn encode(&self, spans: Vec<SpanData>, max_bytes: usize) -> Vec<EncodedBatch> {
-        #[cfg(feature = "reference-encoder")]
-        if let Some(reference) = &self.reference {
-            return reference.encode(spans, max_bytes);
-        }
         let mut out = Vec::with_capacity(1);
         if spans.is_empty() {
             return out;

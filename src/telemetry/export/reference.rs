@@ -17,7 +17,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SpanData;
 use prost::Message;
 
-use super::otlp::{AttributeLimits, EncodedBatch};
+use super::otlp::{AttributeLimits, EncodeSpans, EncodedBatch};
 
 /// Converts and encodes batches through the official message tree. Owns the resource,
 /// converted once.
@@ -349,4 +349,10 @@ fn unix_nanos(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+impl EncodeSpans for ReferenceEncoder {
+    fn encode(&self, spans: Vec<SpanData>, max_bytes: usize) -> Vec<EncodedBatch> {
+        ReferenceEncoder::encode(self, spans, max_bytes)
+    }
 }

@@ -40,6 +40,8 @@ use opentelemetry::trace::{SpanId, Status, TraceId};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 
+use crate::telemetry::config::TailPolicy;
+
 /// The root span attribute naming why its trace was kept (CONTRACT.md §3).
 pub const REASON_ATTRIBUTE: &str = "sampling.tail.reason";
 
@@ -85,17 +87,6 @@ impl TailReason {
 
 /// A trace's fate: kept for a reason, or dropped (`None`).
 pub type TailDecision = Option<TailReason>;
-
-/// When to keep a trace.
-#[derive(Debug, Clone, Copy)]
-pub struct TailPolicy {
-    /// Share of the other traces kept, by trace id (as `TraceIdRatioBased` decides).
-    pub ratio: f64,
-    /// A root at least this long keeps its trace.
-    pub latency: Duration,
-    /// How long spans wait for their root, and how long a failure is remembered for it.
-    pub max_wait: Duration,
-}
 
 impl TailPolicy {
     /// The decision for a trace whose local root took `duration`.
@@ -573,6 +564,7 @@ mod tests {
     use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
 
     use super::*;
+    use crate::telemetry::config::TailPolicy;
 
     fn span(trace: u128, id: u64, parent: u64, millis: u64, error: bool) -> SpanData {
         let end = SystemTime::now();

@@ -451,7 +451,7 @@ mod tests {
 
     fn transport(compression: &str) -> Transport {
         let vars = [("OTEL_EXPORTER_OTLP_COMPRESSION", compression.to_owned())];
-        let env = crate::config::Env::new(move |name| {
+        let env = crate::config::env::Env::new(move |name| {
             vars.iter()
                 .find(|(k, _)| *k == name)
                 .map(|(_, v)| v.clone())
