@@ -20,6 +20,8 @@ mod methods;
 mod observability;
 mod posts;
 mod protocol_errors;
+mod read_plans;
+mod reads;
 mod search;
 mod tail_sampling;
 mod throttle;
