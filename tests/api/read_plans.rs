@@ -82,28 +82,51 @@ fn assert_no_posts_scan(plan: &str) {
 async fn search_goes_through_its_indexes() {
     let (_app, mut conn) = seeded().await;
     // Rare, common, a phrase with an exclusion, and no match at all; first and later pages.
-    for q in ["zephyrine", "loop", "\"warm groove\" -demo", "qqqzzzx"] {
+    let candidates = 21 * search::CANDIDATES_PER_ROW;
+    for (q, words) in [
+        ("zephyrine", "zephyrine"),
+        ("loop", "loop"),
+        ("\"warm groove\" -demo", "warm groove"),
+        ("qqqzzzx", "qqqzzzx"),
+    ] {
         for after in [
             "NULL, NULL",
             "470.5, 'ffffffff-ffff-ffff-ffff-ffffffffffff'",
         ] {
-            let plan = plan(
+            let args = format!("'{q}', '{words}', {after}");
+            // Every match, ranked: through the GIN index.
+            let all = plan(&mut conn, search::FULL_TEXT_SQL, &format!("{args}, 21"));
+            assert!(all.contains("posts_search_idx"), "{q}: {all}");
+            assert_no_posts_scan(&all);
+            // The newest matches: through the GIN index, or, for a common word, the newest
+            // posts read until enough match.
+            let newest = plan(
                 &mut conn,
-                search::FULL_TEXT_SQL,
-                &format!("'{q}', {after}, 21"),
+                search::FULL_TEXT_NEWEST_SQL,
+                &format!("{args}, {candidates}"),
             );
-            assert!(plan.contains("posts_search_idx"), "{q}: {plan}");
-            assert_no_posts_scan(&plan);
+            if q == "loop" {
+                assert!(newest.contains("Limit"), "{q}: {newest}");
+            } else {
+                assert!(newest.contains("posts_search_idx"), "{q}: {newest}");
+            }
+            assert_no_posts_scan(&newest);
         }
     }
     for q in ["zephyrin", "melodyy", "qqqzzzx"] {
-        let plan = plan(
-            &mut conn,
-            search::TRIGRAM_SQL,
-            &format!("'{q}', NULL, NULL, 21"),
-        );
-        assert!(plan.contains("posts_title_trgm_idx"), "{q}: {plan}");
-        assert_no_posts_scan(&plan);
+        for (sql, rows) in [
+            (search::TRIGRAM_SQL, 21),
+            (search::TRIGRAM_NEWEST_SQL, candidates),
+        ] {
+            let plan = plan(&mut conn, sql, &format!("'{q}', NULL, NULL, {rows}"));
+            // `melody` is in a tenth of the titles: its newest matches are near.
+            if q == "melodyy" && sql == search::TRIGRAM_NEWEST_SQL {
+                assert!(plan.contains("Limit"), "{q}: {plan}");
+            } else {
+                assert!(plan.contains("posts_title_trgm_idx"), "{q}: {plan}");
+            }
+            assert_no_posts_scan(&plan);
+        }
     }
     // A name's first five characters, and a misspelling of one.
     for words in [

@@ -147,6 +147,47 @@ async fn a_title_match_ranks_above_a_description_match() {
 }
 
 #[tokio::test]
+async fn an_old_title_match_outranks_many_newer_description_matches() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    let old = app.post_titled(&alice, "Loop from the vault").await;
+    app.sql(&format!(
+        "UPDATE posts SET created_at = now() - interval '40 days' WHERE id = '{}'",
+        old["id"].as_str().unwrap()
+    ));
+    // More description matches than a page's candidates (16 per row of the probe), all newer.
+    app.sql(&format!(
+        "INSERT INTO posts (id, author_id, title, description, created_at) \
+         SELECT md5('d' || i)::uuid, '{}', 'take ' || i, 'a loop of mine', \
+                now() - i * interval '1 minute' \
+         FROM generate_series(1, 60) AS i",
+        alice.id
+    ));
+    // A much older title match loses to them.
+    let older = app.post_titled(&alice, "loop from the attic").await;
+    app.sql(&format!(
+        "UPDATE posts SET created_at = now() - interval '200 days' WHERE id = '{}'",
+        older["id"].as_str().unwrap()
+    ));
+
+    for limit in [1, 3] {
+        let page: Value = app
+            .get(&format!("/api/v1/search?q=loop&limit={limit}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(titles(&page)[0], "Loop from the vault", "limit {limit}");
+        let posts = all_pages(&app, "loop", limit).await;
+        assert_eq!(posts.len(), 62);
+        assert_eq!(posts[0]["title"], "Loop from the vault");
+        assert_eq!(posts[61]["title"], "loop from the attic");
+        let ids: HashSet<&str> = posts.iter().map(|p| p["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), 62);
+    }
+}
+
+#[tokio::test]
 async fn pagination_walks_every_result_once() {
     let app = spawn_app().await;
     let alice = app.register("alice").await;
