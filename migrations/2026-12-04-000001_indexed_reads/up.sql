@@ -15,6 +15,11 @@ ALTER TABLE posts ADD COLUMN search_vector tsvector NOT NULL GENERATED ALWAYS AS
 ) STORED;
 CREATE INDEX posts_search_idx ON posts USING gin (search_vector);
 
+-- Users by name prefix, in name order, read for one page: a btree in the "C" collation (the
+-- one in which LIKE 'prefix%' is a range of the index, whatever the database's collation).
+-- The trigram index alone has to rank every match, and a common prefix matches many names.
+CREATE INDEX users_username_prefix_idx ON users ((lower(username) COLLATE "C"));
+
 -- Trending now reads its window through posts_created_idx. This index let the planner walk
 -- every post from the most liked of all time instead, and, holding like_count, it made every
 -- like a non-HOT update that rewrote all the posts indexes.

@@ -133,13 +133,20 @@ async fn search_goes_through_its_indexes() {
         "substr(md5('name12'), 1, 5)",
         "'x' || substr(md5('name12'), 2, 8)",
     ] {
-        let plan = plan(
+        let prefix = plan(
             &mut conn,
-            search::USERS_SQL,
+            search::USERS_PREFIX_SQL,
+            &format!("{words} || '%', 20"),
+        );
+        assert!(prefix.contains("users_username_prefix_idx"), "{prefix}");
+        assert!(!prefix.contains("Seq Scan on users"), "{prefix}");
+        let similar = plan(
+            &mut conn,
+            search::USERS_SIMILAR_SQL,
             &format!("{words} || '%', {words}, 20"),
         );
-        assert!(plan.contains("users_username_trgm_idx"), "{plan}");
-        assert!(!plan.contains("Seq Scan on users"), "{plan}");
+        assert!(similar.contains("users_username_trgm_idx"), "{similar}");
+        assert!(!similar.contains("Seq Scan on users"), "{similar}");
     }
 }
 

@@ -1,6 +1,7 @@
 //! Search: posts by full text (trigram similarity of the title when full text finds nothing),
 //! users by name prefix and similarity. Every statement is answered through an index
-//! (`posts_search_idx`, `posts_title_trgm_idx`, `users_username_trgm_idx`, or
+//! (`posts_search_idx`, `posts_title_trgm_idx`, `users_username_prefix_idx`,
+//! `users_username_trgm_idx`, or
 //! `posts_created_idx` read newest first for as long as a page needs), never by reading the
 //! posts table (DESIGN.md, "Search stays in Postgres").
 //!
@@ -122,12 +123,18 @@ pub const TRIGRAM_SQL: &str = concat!(
     " ORDER BY s.score DESC, p.id DESC LIMIT $4::int8"
 );
 
-/// Users whose lower-cased name starts with `$1` (a `LIKE` pattern) or is similar to `$2`
-/// (pg_trgm's `%`): prefix matches first, then by similarity and name; at most `$3`.
-pub const USERS_SQL: &str = "SELECT id, username FROM users \
-    WHERE lower(username) LIKE $1::text OR lower(username) % $2::text \
-    ORDER BY lower(username) LIKE $1::text DESC, similarity(lower(username), $2::text) DESC, lower(username) \
-    LIMIT $3::int8";
+/// Users whose lower-cased name starts with `$1` (a `LIKE` pattern), by name, at most `$2`: a
+/// range of `users_username_prefix_idx`, read for one page.
+pub const USERS_PREFIX_SQL: &str = "SELECT id, username FROM users \
+    WHERE lower(username) COLLATE \"C\" LIKE $1::text \
+    ORDER BY lower(username) COLLATE \"C\" LIMIT $2::int8";
+
+/// Users whose lower-cased name does not start with `$1` but is similar to `$2` (pg_trgm's `%`,
+/// similarity at least `pg_trgm.similarity_threshold`, 0.3 by default), most similar first, at
+/// most `$3`: through `users_username_trgm_idx`.
+pub const USERS_SIMILAR_SQL: &str = "SELECT id, username FROM users \
+    WHERE lower(username) % $2::text AND NOT lower(username) COLLATE \"C\" LIKE $1::text \
+    ORDER BY similarity(lower(username), $2::text) DESC, lower(username) COLLATE \"C\" LIMIT $3::int8";
 
 // The decay constant in the SQL above is ln 2 / (HALF_LIFE_DAYS · 86,400 s).
 const _: () = assert!(HALF_LIFE_DAYS * 86_400 == 2_592_000);
@@ -253,18 +260,27 @@ fn best(
     Ok(run(conn, false, probe)?)
 }
 
-/// Users whose name starts with the words or resembles them, best first.
+/// Users whose name starts with the words (by name), then, to fill the page, users whose name
+/// resembles them (most similar first).
 pub fn users(
     conn: &mut PgConnection,
     words: &SearchWords,
     limit: Limit,
 ) -> Result<Vec<(Uuid, String)>, AppError> {
-    Ok(diesel::sql_query(USERS_SQL)
+    let limit = i64::from(limit.get());
+    let mut found = diesel::sql_query(USERS_PREFIX_SQL)
         .bind::<Text, _>(words.prefix_pattern())
-        .bind::<Text, _>(words.as_str())
-        .bind::<BigInt, _>(i64::from(limit.get()))
-        .load::<UserMatch>(conn)?
-        .into_iter()
-        .map(|u| (u.id, u.username))
-        .collect())
+        .bind::<BigInt, _>(limit)
+        .load::<UserMatch>(conn)?;
+    let missing = limit - found.len() as i64;
+    if missing > 0 {
+        found.extend(
+            diesel::sql_query(USERS_SIMILAR_SQL)
+                .bind::<Text, _>(words.prefix_pattern())
+                .bind::<Text, _>(words.as_str())
+                .bind::<BigInt, _>(missing)
+                .load::<UserMatch>(conn)?,
+        );
+    }
+    Ok(found.into_iter().map(|u| (u.id, u.username)).collect())
 }
