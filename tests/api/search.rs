@@ -28,7 +28,7 @@ fn titles(body: &Value) -> Vec<String> {
 async fn all_pages(app: &TestApp, q: &str, limit: usize) -> Vec<Value> {
     let mut posts = Vec::new();
     let mut cursor: Option<String> = None;
-    for _ in 0..100 {
+    for _ in 0..1000 {
         let mut url = format!("/api/v1/search?q={}&limit={limit}", encode(q));
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
@@ -155,12 +155,13 @@ async fn an_old_title_match_outranks_many_newer_description_matches() {
         "UPDATE posts SET created_at = now() - interval '40 days' WHERE id = '{}'",
         old["id"].as_str().unwrap()
     ));
-    // More description matches than a page's candidates (16 per row of the probe), all newer.
+    // More description matches than a page's candidates (32 per row of the probe at most), all
+    // newer.
     app.sql(&format!(
         "INSERT INTO posts (id, author_id, title, description, created_at) \
          SELECT md5('d' || i)::uuid, '{}', 'take ' || i, 'a loop of mine', \
                 now() - i * interval '1 minute' \
-         FROM generate_series(1, 60) AS i",
+         FROM generate_series(1, 160) AS i",
         alice.id
     ));
     // A much older title match loses to them.
@@ -179,11 +180,11 @@ async fn an_old_title_match_outranks_many_newer_description_matches() {
             .unwrap();
         assert_eq!(titles(&page)[0], "Loop from the vault", "limit {limit}");
         let posts = all_pages(&app, "loop", limit).await;
-        assert_eq!(posts.len(), 62);
+        assert_eq!(posts.len(), 162);
         assert_eq!(posts[0]["title"], "Loop from the vault");
-        assert_eq!(posts[61]["title"], "loop from the attic");
+        assert_eq!(posts[161]["title"], "loop from the attic");
         let ids: HashSet<&str> = posts.iter().map(|p| p["id"].as_str().unwrap()).collect();
-        assert_eq!(ids.len(), 62);
+        assert_eq!(ids.len(), 162);
     }
 }
 

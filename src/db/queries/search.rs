@@ -6,8 +6,8 @@
 //! posts table (DESIGN.md, "Search stays in Postgres").
 //!
 //! ```text
-//!  q ─▶ full text: the newest K matches ─ their best page provably the best? ─ yes ─▶ page (f)
-//!         │                                      └─ no ─▶ every match, ranked ─▶ page (f)
+//!  q ─▶ full text: the newest 4, then 32 × page matches ─ best page proven? ─ yes ─▶ page (f)
+//!         │                                          └─ no ─▶ every match, ranked ─▶ page (f)
 //!         └─ the first page found nothing ─▶ the same with trigram similarity of the title (t)
 //! ```
 //!
@@ -42,8 +42,12 @@ use crate::errors::AppError;
 /// How fast recency outweighs relevance.
 pub const HALF_LIFE_DAYS: u32 = 30;
 
-/// How many of the newest matches the first step reads, per post of a page (probe).
-pub const CANDIDATES_PER_ROW: i64 = 16;
+/// How many of the newest matches the first step reads, per post of a page (probe): a few,
+/// which proves most pages (their best matches are title matches), then more, which proves
+/// pages where recent tag or description matches compete, before every match is ranked. The
+/// few matter for a phrase of common words: its matches are sparse, so reading the newest
+/// posts until enough match is long (13–25 ms for 84 at 1 M benchmark posts, 104 ms for 336).
+pub const CANDIDATES_PER_ROW: [i64; 2] = [4, 32];
 
 // The SQL pieces shared by the statements, so that a score is computed by the same expression
 // in every one of them (a cursor's score must compare equal to the score it came from).
@@ -214,7 +218,6 @@ fn best(
     limit: Limit,
 ) -> Result<Vec<Scored>, AppError> {
     let probe = limit.probe();
-    let candidates = probe * CANDIDATES_PER_ROW;
     let run = |conn: &mut PgConnection, newest: bool, rows: i64| {
         let (score, id) = (after.map(|a| a.score), after.map(|a| a.id));
         match strategy {
@@ -241,21 +244,24 @@ fn best(
             .load::<Scored>(conn),
         }
     };
-    let mut rows = run(conn, true, candidates)?;
-    // Fewer than asked for: every match is among them.
-    let complete = (rows.len() as i64) < candidates;
-    // Otherwise every match left out is at most as new as the oldest candidate, so it scores
-    // at most that candidate's bound.
-    let older_at_most = rows.last().map(|r| r.bound);
-    rows.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.id.cmp(&a.id)));
-    rows.truncate(probe as usize);
-    let proven = match (rows.last(), older_at_most) {
-        _ if complete => true,
-        (Some(last), Some(bound)) => last.score > bound,
-        _ => false,
-    };
-    if proven {
-        return Ok(rows);
+    for per_row in CANDIDATES_PER_ROW {
+        let candidates = probe * per_row;
+        let mut rows = run(conn, true, candidates)?;
+        // Fewer than asked for: every match is among them.
+        let complete = (rows.len() as i64) < candidates;
+        // Otherwise every match left out is at most as new as the oldest candidate, so it
+        // scores at most that candidate's bound.
+        let older_at_most = rows.last().map(|r| r.bound);
+        rows.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.id.cmp(&a.id)));
+        rows.truncate(probe as usize);
+        let proven = match (rows.last(), older_at_most) {
+            _ if complete => true,
+            (Some(last), Some(bound)) => last.score > bound,
+            _ => false,
+        };
+        if proven {
+            return Ok(rows);
+        }
     }
     Ok(run(conn, false, probe)?)
 }
