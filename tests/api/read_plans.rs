@@ -81,8 +81,17 @@ fn assert_no_posts_scan(plan: &str) {
 #[tokio::test]
 async fn search_goes_through_its_indexes() {
     let (_app, mut conn) = seeded().await;
+    // Where a window of the newest posts starts.
+    let start = plan(
+        &mut conn,
+        search::WINDOW_START_SQL,
+        &search::WINDOWS[1].to_string(),
+    );
+    assert!(start.contains("posts_created_idx"), "{start}");
+    assert_no_posts_scan(&start);
+    // About 2,000 posts, the first window.
+    let window = "now() - interval '30 days'";
     // Rare, common, a phrase with an exclusion, and no match at all; first and later pages.
-    let candidates = 21 * search::CANDIDATES_PER_ROW[1];
     for (q, words) in [
         ("zephyrine", "zephyrine"),
         ("loop", "loop"),
@@ -93,40 +102,43 @@ async fn search_goes_through_its_indexes() {
             "NULL, NULL",
             "470.5, 'ffffffff-ffff-ffff-ffff-ffffffffffff'",
         ] {
-            let args = format!("'{q}', '{words}', {after}");
+            let args = format!("'{q}', '{words}', {after}, 21");
             // Every match, ranked: through the GIN index.
-            let all = plan(&mut conn, search::FULL_TEXT_SQL, &format!("{args}, 21"));
+            let all = plan(&mut conn, search::FULL_TEXT_SQL, &format!("{args}, NULL"));
             assert!(all.contains("posts_search_idx"), "{q}: {all}");
             assert_no_posts_scan(&all);
-            // The newest matches: through the GIN index, or, for a common word, the newest
-            // posts read until enough match.
-            let newest = plan(
+            // The window's matches: through the GIN index, or the window's range of the time
+            // index, whichever is cheaper.
+            let windowed = plan(
                 &mut conn,
-                search::FULL_TEXT_NEWEST_SQL,
-                &format!("{args}, {candidates}"),
+                search::FULL_TEXT_SQL,
+                &format!("{args}, {window}"),
             );
-            if q == "loop" {
-                assert!(newest.contains("Limit"), "{q}: {newest}");
-            } else {
-                assert!(newest.contains("posts_search_idx"), "{q}: {newest}");
-            }
-            assert_no_posts_scan(&newest);
+            assert!(
+                windowed.contains("posts_search_idx") || windowed.contains("posts_created_idx"),
+                "{q}: {windowed}"
+            );
+            assert_no_posts_scan(&windowed);
         }
     }
     for q in ["zephyrin", "melodyy", "qqqzzzx"] {
-        for (sql, rows) in [
-            (search::TRIGRAM_SQL, 21),
-            (search::TRIGRAM_NEWEST_SQL, candidates),
-        ] {
-            let plan = plan(&mut conn, sql, &format!("'{q}', NULL, NULL, {rows}"));
-            // `melody` is in a tenth of the titles: its newest matches are near.
-            if q == "melodyy" && sql == search::TRIGRAM_NEWEST_SQL {
-                assert!(plan.contains("Limit"), "{q}: {plan}");
-            } else {
-                assert!(plan.contains("posts_title_trgm_idx"), "{q}: {plan}");
-            }
-            assert_no_posts_scan(&plan);
-        }
+        let all = plan(
+            &mut conn,
+            search::TRIGRAM_SQL,
+            &format!("'{q}', NULL, NULL, 21, NULL"),
+        );
+        assert!(all.contains("posts_title_trgm_idx"), "{q}: {all}");
+        assert_no_posts_scan(&all);
+        let windowed = plan(
+            &mut conn,
+            search::TRIGRAM_SQL,
+            &format!("'{q}', NULL, NULL, 21, {window}"),
+        );
+        assert!(
+            windowed.contains("posts_title_trgm_idx") || windowed.contains("posts_created_idx"),
+            "{q}: {windowed}"
+        );
+        assert_no_posts_scan(&windowed);
     }
     // A name's first five characters, and a misspelling of one.
     for words in [

@@ -155,8 +155,7 @@ async fn an_old_title_match_outranks_many_newer_description_matches() {
         "UPDATE posts SET created_at = now() - interval '40 days' WHERE id = '{}'",
         old["id"].as_str().unwrap()
     ));
-    // More description matches than a page's candidates (32 per row of the probe at most), all
-    // newer.
+    // Newer description matches, more than a page.
     app.sql(&format!(
         "INSERT INTO posts (id, author_id, title, description, created_at) \
          SELECT md5('d' || i)::uuid, '{}', 'take ' || i, 'a loop of mine', \
@@ -186,6 +185,38 @@ async fn an_old_title_match_outranks_many_newer_description_matches() {
         let ids: HashSet<&str> = posts.iter().map(|p| p["id"].as_str().unwrap()).collect();
         assert_eq!(ids.len(), 162);
     }
+}
+
+#[tokio::test]
+async fn pages_over_a_catalogue_larger_than_the_windows_are_exact_and_complete() {
+    let app = spawn_app().await;
+    let alice = app.register("alice").await;
+    // 6,000 posts an hour apart: a title match every third, a description match every third.
+    app.sql(&format!(
+        "INSERT INTO posts (id, author_id, title, description, created_at) \
+         SELECT md5('w' || i)::uuid, '{}', \
+                CASE WHEN i % 3 = 0 THEN 'loop take ' || i ELSE 'filler ' || i END, \
+                CASE WHEN i % 3 = 1 THEN 'a loop in the description' END, \
+                now() - i * interval '1 hour' \
+         FROM generate_series(1, 6000) AS i",
+        alice.id
+    ));
+    app.sql("ANALYZE posts");
+
+    // The newest title matches first: a description match would have to be 70 days newer.
+    let first: Value = app
+        .get("/api/v1/search?q=loop&limit=50")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let expected: Vec<String> = (1..=50).map(|k| format!("loop take {}", 3 * k)).collect();
+    assert_eq!(titles(&first), expected);
+
+    let posts = all_pages(&app, "loop", 100).await;
+    let ids: HashSet<&str> = posts.iter().map(|p| p["id"].as_str().unwrap()).collect();
+    assert_eq!(posts.len(), 4000);
+    assert_eq!(ids.len(), 4000);
 }
 
 #[tokio::test]

@@ -1,13 +1,12 @@
 //! Search: posts by full text (trigram similarity of the title when full text finds nothing),
 //! users by name prefix and similarity. Every statement is answered through an index
-//! (`posts_search_idx`, `posts_title_trgm_idx`, `users_username_prefix_idx`,
-//! `users_username_trgm_idx`, or
-//! `posts_created_idx` read newest first for as long as a page needs), never by reading the
-//! posts table (DESIGN.md, "Search stays in Postgres").
+//! (`posts_search_idx`, `posts_title_trgm_idx`, `posts_created_idx`,
+//! `users_username_prefix_idx`, `users_username_trgm_idx`), never by reading the posts table
+//! (DESIGN.md, "Search stays in Postgres").
 //!
 //! ```text
-//!  q ─▶ full text: the newest 4, then 32 × page matches ─ best page proven? ─ yes ─▶ page (f)
-//!         │                                          └─ no ─▶ every match, ranked ─▶ page (f)
+//!  q ─▶ full text: matches among the newest 2,000, then 30,000 posts ─ page proven? ─ yes ─▶ page (f)
+//!         │                                                   └─ no ─▶ every match ranked ─▶ page (f)
 //!         └─ the first page found nothing ─▶ the same with trigram similarity of the title (t)
 //! ```
 //!
@@ -22,17 +21,22 @@
 //! words in its title is a 1, one with them only in its description about 0.2, worth about 70
 //! days of recency. Fallback: `word_similarity` of the title, already in (0, 1].
 //!
-//! Why the two steps: ranking every match costs what the matches cost, and a common word
-//! matches a share of the catalogue (a quarter of the benchmark's: 25,000 posts ranked, 66 ms,
-//! at 100 k). Because relevance is at most 1, no post older than `t` scores above
-//! `ln 2 · t / half-life`: once the newest K matches (read newest first through
-//! `posts_created_idx` for a common word, through the GIN index for a rare one: the planner
-//! picks) hold a page whose last score beats that bound at the oldest of them, the page is
-//! exact, and nothing older is read. Only when it does not (the best matches are old or weak)
-//! is every match ranked.
+//! Why the windows: ranking every match costs what the matches cost, and a common word matches
+//! a share of the catalogue (a quarter of the benchmark's: 25,000 posts ranked, 66 ms, at
+//! 100 k). Because relevance is at most 1, no post older than `t` scores above
+//! `ln 2 · t / half-life`. So the matches among the newest [`WINDOWS`] posts are ranked first
+//! (a range of `posts_created_idx` and the GIN index, whichever the planner finds cheaper:
+//! both are bounded by the window); when the page's last score beats that bound at the
+//! window's start, the page is exact and nothing older is read. Only when it does not (few
+//! matches, or old or weak ones) is every match ranked, through the GIN index; then the
+//! matches are few or the best ones old. A window is a number of posts, not a time, so its
+//! cost does not grow with the catalogue; and it is a bound passed as a value, not a `LIMIT` on
+//! a newest-first walk, whose cost the planner guesses from the matches' density (a phrase of
+//! common words, sparse in time, took 104 ms at 1 M posts that way, a rare word 340 ms).
 
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Double, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use uuid::Uuid;
 
 use super::Page;
@@ -42,12 +46,8 @@ use crate::errors::AppError;
 /// How fast recency outweighs relevance.
 pub const HALF_LIFE_DAYS: u32 = 30;
 
-/// How many of the newest matches the first step reads, per post of a page (probe): a few,
-/// which proves most pages (their best matches are title matches), then more, which proves
-/// pages where recent tag or description matches compete, before every match is ranked. The
-/// few matter for a phrase of common words: its matches are sparse, so reading the newest
-/// posts until enough match is long (13–25 ms for 84 at 1 M benchmark posts, 104 ms for 336).
-pub const CANDIDATES_PER_ROW: [i64; 2] = [4, 32];
+/// The windows, in posts, that a page is first looked for in (newest first).
+pub const WINDOWS: [i64; 2] = [2_000, 30_000];
 
 // The SQL pieces shared by the statements, so that a score is computed by the same expression
 // in every one of them (a cursor's score must compare equal to the score it came from).
@@ -72,10 +72,9 @@ macro_rules! full_text_from {
             full_text_relevance!(),
             ", 1e-9)::float8) + ",
             decay!(),
-            " AS score, ",
-            decay!(),
-            " AS bound) s \
+            " AS score) s \
              WHERE p.search_vector @@ websearch_to_tsquery('english', $1::text) \
+               AND p.created_at >= coalesce($6::timestamptz, '-infinity'::timestamptz) \
                AND (s.score, p.id) < (coalesce($3::float8, 'infinity'::float8), \
                                       coalesce($4::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid))"
         )
@@ -86,45 +85,40 @@ macro_rules! trigram_from {
         concat!(
             "FROM posts p CROSS JOIN LATERAL (SELECT ln(greatest(word_similarity($1::text, p.title), 1e-9)::float8) + ",
             decay!(),
-            " AS score, ",
-            decay!(),
-            " AS bound) s \
+            " AS score) s \
              WHERE $1::text <% p.title \
+               AND p.created_at >= coalesce($5::timestamptz, '-infinity'::timestamptz) \
                AND (s.score, p.id) < (coalesce($2::float8, 'infinity'::float8), \
                                       coalesce($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid))"
         )
     };
 }
 
-/// The newest `$5` full-text matches of `$1` (its plain words `$2`) below the keyset bound
-/// `($3, $4)` (both null on a first page), with their scores and decay bounds.
-pub const FULL_TEXT_NEWEST_SQL: &str = concat!(
-    "SELECT p.id, s.score, s.bound ",
-    full_text_from!(),
-    " ORDER BY p.created_at DESC, p.id DESC LIMIT $5::int8"
-);
-
-/// Every full-text match below the bound, best first, at most `$5`.
+/// The full-text matches of `$1` (its plain words `$2`) below the keyset bound `($3, $4)`
+/// (both null on a first page), created at or after `$6` (null: any time), best first, at most
+/// `$5`.
 pub const FULL_TEXT_SQL: &str = concat!(
-    "SELECT p.id, s.score, s.bound ",
+    "SELECT p.id, s.score ",
     full_text_from!(),
     " ORDER BY s.score DESC, p.id DESC LIMIT $5::int8"
 );
 
-/// The newest `$4` titles holding a word similar to the words `$1` (pg_trgm's `<%`: word
-/// similarity at least `pg_trgm.word_similarity_threshold`, 0.6 by default) below the keyset
-/// bound `($2, $3)`.
-pub const TRIGRAM_NEWEST_SQL: &str = concat!(
-    "SELECT p.id, s.score, s.bound ",
-    trigram_from!(),
-    " ORDER BY p.created_at DESC, p.id DESC LIMIT $4::int8"
-);
-
-/// Every trigram match below the bound, best first, at most `$4`.
+/// The titles holding a word similar to the words `$1` (pg_trgm's `<%`: word similarity at
+/// least `pg_trgm.word_similarity_threshold`, 0.6 by default) below the keyset bound `($2, $3)`,
+/// created at or after `$5` (null: any time), best first, at most `$4`.
 pub const TRIGRAM_SQL: &str = concat!(
-    "SELECT p.id, s.score, s.bound ",
+    "SELECT p.id, s.score ",
     trigram_from!(),
     " ORDER BY s.score DESC, p.id DESC LIMIT $4::int8"
+);
+
+/// When the newest `$1` + 1 posts start (no row when there are not that many), and the decay
+/// there: a window's start and the highest score of anything older, read from
+/// `posts_created_idx`.
+pub const WINDOW_START_SQL: &str = concat!(
+    "SELECT p.created_at, ",
+    decay!(),
+    " AS bound FROM posts p ORDER BY p.created_at DESC, p.id DESC OFFSET $1::int8 LIMIT 1"
 );
 
 /// Users whose lower-cased name starts with `$1` (a `LIKE` pattern), by name, at most `$2`: a
@@ -149,7 +143,12 @@ struct Scored {
     id: Uuid,
     #[diesel(sql_type = Double)]
     score: f64,
-    /// The highest score a post as old as this one, or older, can have.
+}
+
+#[derive(QueryableByName)]
+struct WindowStart {
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
     #[diesel(sql_type = Double)]
     bound: f64,
 }
@@ -207,8 +206,8 @@ pub fn posts(
     })
 }
 
-/// The best `limit.probe()` matches below `after`: from the newest candidates when they prove
-/// to hold them (see the module docs), otherwise by ranking every match.
+/// The best `limit.probe()` matches below `after`: from a window of the newest posts when it
+/// proves to hold them (see the module docs), otherwise by ranking every match.
 fn best(
     conn: &mut PgConnection,
     strategy: SearchStrategy,
@@ -218,52 +217,46 @@ fn best(
     limit: Limit,
 ) -> Result<Vec<Scored>, AppError> {
     let probe = limit.probe();
-    let run = |conn: &mut PgConnection, newest: bool, rows: i64| {
+    let run = |conn: &mut PgConnection, since: Option<DateTime<Utc>>| {
         let (score, id) = (after.map(|a| a.score), after.map(|a| a.id));
         match strategy {
-            SearchStrategy::FullText => diesel::sql_query(if newest {
-                FULL_TEXT_NEWEST_SQL
-            } else {
-                FULL_TEXT_SQL
-            })
-            .bind::<Text, _>(query)
-            .bind::<Text, _>(words.as_str())
-            .bind::<Nullable<Double>, _>(score)
-            .bind::<Nullable<SqlUuid>, _>(id)
-            .bind::<BigInt, _>(rows)
-            .load::<Scored>(conn),
-            SearchStrategy::Trigram => diesel::sql_query(if newest {
-                TRIGRAM_NEWEST_SQL
-            } else {
-                TRIGRAM_SQL
-            })
-            .bind::<Text, _>(words.as_str())
-            .bind::<Nullable<Double>, _>(score)
-            .bind::<Nullable<SqlUuid>, _>(id)
-            .bind::<BigInt, _>(rows)
-            .load::<Scored>(conn),
+            SearchStrategy::FullText => diesel::sql_query(FULL_TEXT_SQL)
+                .bind::<Text, _>(query)
+                .bind::<Text, _>(words.as_str())
+                .bind::<Nullable<Double>, _>(score)
+                .bind::<Nullable<SqlUuid>, _>(id)
+                .bind::<BigInt, _>(probe)
+                .bind::<Nullable<Timestamptz>, _>(since)
+                .load::<Scored>(conn),
+            SearchStrategy::Trigram => diesel::sql_query(TRIGRAM_SQL)
+                .bind::<Text, _>(words.as_str())
+                .bind::<Nullable<Double>, _>(score)
+                .bind::<Nullable<SqlUuid>, _>(id)
+                .bind::<BigInt, _>(probe)
+                .bind::<Nullable<Timestamptz>, _>(since)
+                .load::<Scored>(conn),
         }
     };
-    for per_row in CANDIDATES_PER_ROW {
-        let candidates = probe * per_row;
-        let mut rows = run(conn, true, candidates)?;
-        // Fewer than asked for: every match is among them.
-        let complete = (rows.len() as i64) < candidates;
-        // Otherwise every match left out is at most as new as the oldest candidate, so it
-        // scores at most that candidate's bound.
-        let older_at_most = rows.last().map(|r| r.bound);
-        rows.sort_by(|a, b| b.score.total_cmp(&a.score).then(b.id.cmp(&a.id)));
-        rows.truncate(probe as usize);
-        let proven = match (rows.last(), older_at_most) {
-            _ if complete => true,
-            (Some(last), Some(bound)) => last.score > bound,
-            _ => false,
+    for window in WINDOWS {
+        let start = diesel::sql_query(WINDOW_START_SQL)
+            .bind::<BigInt, _>(window)
+            .get_result::<WindowStart>(conn)
+            .optional()?;
+        let Some(start) = start else {
+            // The catalogue is smaller than the window: every match is in it.
+            return Ok(run(conn, None)?);
         };
+        let rows = run(conn, Some(start.created_at))?;
+        // Every match left out of the window is older than its start, so it scores at most the
+        // start's bound: the page is proven when its last post scores above that.
+        let proven = rows
+            .get(probe as usize - 1)
+            .is_some_and(|last| last.score > start.bound);
         if proven {
             return Ok(rows);
         }
     }
-    Ok(run(conn, false, probe)?)
+    Ok(run(conn, None)?)
 }
 
 /// Users whose name starts with the words (by name), then, to fill the page, users whose name
