@@ -29,12 +29,13 @@
 //! both are bounded by the window); when the page's last score beats that bound at the
 //! window's start, the page is exact and nothing older is read. A window whose matches are too
 //! sparse for the next window to hold a page ends the search for one (a rare word: all its
-//! matches cost less than reading the next window). Only when
-//! no window proves the page (few matches, or old or weak ones) is every match ranked, through
-//! the GIN index. A window is a number of posts, not a time, so its
-//! cost does not grow with the catalogue; and it is a bound passed as a value, not a `LIMIT` on
-//! a newest-first walk, whose cost the planner guesses from the matches' density (a phrase of
-//! common words, sparse in time, took 104 ms at 1 M posts that way, a rare word 340 ms).
+//! matches cost less than reading the next window). Only when no window proves the page (few
+//! matches, or old or weak ones) is every match ranked, through the GIN index.
+//!
+//! A window is a number of posts, not a time, so its cost does not grow with the catalogue;
+//! and its start is passed as a value, not as a `LIMIT` on a newest-first walk of the matches,
+//! whose cost the planner guesses from their density (a phrase of common words, sparse in
+//! time, took 104 ms at 1 M benchmark posts that way, a rare word 340 ms).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
