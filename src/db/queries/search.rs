@@ -5,9 +5,9 @@
 //! (DESIGN.md, "Search stays in Postgres").
 //!
 //! ```text
-//!  q ─▶ full text: matches among the newest 2,000, then 30,000 posts ─ page proven? ─ yes ─▶ page (f)
+//!  q ─▶ full text: matches among the newest 500, then 20,000 posts ─ page proven? ─ yes ─▶ page (f)
 //!         │                                                   └─ no ─▶ every match ranked ─▶ page (f)
-//!         └─ the first page found nothing ─▶ the same with trigram similarity of the title (t)
+//!         └─ the first page found nothing ─▶ every title similar to the words, ranked (t)
 //! ```
 //!
 //! Ranking: relevance in (0, 1] times an exponential decay of age with a half-life of
@@ -50,7 +50,7 @@ use crate::errors::AppError;
 pub const HALF_LIFE_DAYS: u32 = 30;
 
 /// The windows, in posts, that a page is first looked for in (newest first).
-pub const WINDOWS: [i64; 2] = [2_000, 30_000];
+pub const WINDOWS: [i64; 2] = [500, 20_000];
 
 // The SQL pieces shared by the statements, so that a score is computed by the same expression
 // in every one of them (a cursor's score must compare equal to the score it came from).
@@ -240,7 +240,14 @@ fn best(
                 .load::<Scored>(conn),
         }
     };
-    for (i, window) in WINDOWS.into_iter().enumerate() {
+    // The fallback's matches are few (word similarity of at least 0.6 to a typo or a partial
+    // word), and scoring a window's titles by similarity costs about five times what matching
+    // them by full text does: it ranks every match at once.
+    let windows: &[i64] = match strategy {
+        SearchStrategy::FullText => &WINDOWS,
+        SearchStrategy::Trigram => &[],
+    };
+    for (i, &window) in windows.iter().enumerate() {
         let start = diesel::sql_query(WINDOW_START_SQL)
             .bind::<BigInt, _>(window)
             .get_result::<WindowStart>(conn)
@@ -260,7 +267,7 @@ fn best(
         }
         // Too rare for the next window to hold a page, at the density of this one: every
         // match, through the GIN index, costs less than reading that window.
-        let next = WINDOWS.get(i + 1).copied().unwrap_or(window);
+        let next = windows.get(i + 1).copied().unwrap_or(window);
         if rows.len() as i64 * next / window < probe {
             break;
         }
