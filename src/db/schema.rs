@@ -1,5 +1,11 @@
 // @generated automatically by Diesel CLI.
 
+pub mod sql_types {
+    #[derive(diesel::query_builder::QueryId, Clone, diesel::sql_types::SqlType)]
+    #[diesel(postgres_type(name = "tsvector", schema = "pg_catalog"))]
+    pub struct Tsvector;
+}
+
 diesel::table! {
     audio_jobs (id) {
         id -> Uuid,
@@ -54,6 +60,9 @@ diesel::table! {
 }
 
 diesel::table! {
+    use diesel::sql_types::*;
+    use super::sql_types::Tsvector;
+
     posts (id) {
         id -> Uuid,
         author_id -> Uuid,
@@ -76,6 +85,7 @@ diesel::table! {
         audio_waveform -> Nullable<Array<Nullable<Float4>>>,
         audio_error -> Nullable<Text>,
         audio_bytes -> Nullable<Int8>,
+        search_vector -> Tsvector,
     }
 }
 

@@ -12,7 +12,7 @@ mod user;
 pub use feed::FeedKind;
 pub use pagination::{Cursor, Limit};
 pub use post::{CommentBody, PostDraft, Tags};
-pub use search::SearchQuery;
+pub use search::{SearchQuery, SearchStrategy, SearchWords};
 pub use user::{Email, Password, Username};
 
 use crate::errors::AppError;

@@ -1,7 +1,7 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{ValidationError, rules};
+use super::{SearchStrategy, ValidationError, rules};
 
 /// Page size: 1–100, default 20.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +37,9 @@ impl Limit {
 
 /// Where the next page starts. Opaque to clients, but plain text whose every valid spelling a
 /// regular expression states exactly (the `CURSOR_*` patterns, written into the OpenAPI
-/// document): `t.{micros}.{id}`, `l.{likes}.{micros}.{id}` or `o.{offset}`, with the id as 32
-/// lowercase hex digits. Each ordering has its own kind.
+/// document): `t.{micros}.{id}`, `l.{likes}.{micros}.{id}`, `o.{offset}` or
+/// `s.{strategy}.{query}.{score}.{id}`, with the id as 32 lowercase hex digits. Each ordering has
+/// its own kind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cursor {
     /// Keyset on `(created_at, id)`: posts by time (either direction), comments.
@@ -51,6 +52,15 @@ pub enum Cursor {
     },
     /// An offset into the recommender's list.
     Offset(u32),
+    /// Keyset on `(score, id)` of one search: the strategy that ranked its first page, the
+    /// query's fingerprint, and the score as the bits of an `f64` (written as 16 hex digits, so
+    /// that it round-trips exactly: the next page's bound is the very value Postgres computed).
+    Search {
+        strategy: SearchStrategy,
+        query: u32,
+        score_bits: u64,
+        id: Uuid,
+    },
 }
 
 impl Cursor {
@@ -61,6 +71,16 @@ impl Cursor {
                 format!("l.{likes}.{}.{}", at.timestamp_micros(), id.simple())
             }
             Cursor::Offset(n) => format!("o.{n}"),
+            Cursor::Search {
+                strategy,
+                query,
+                score_bits,
+                id,
+            } => format!(
+                "s.{}.{query:08x}.{score_bits:016x}.{}",
+                strategy.letter(),
+                id.simple()
+            ),
         }
     }
 
@@ -90,6 +110,12 @@ impl Cursor {
                 id: hex_id(id)?,
             }),
             ["o", n] => Some(Cursor::Offset(digits(n, 9)?.parse().ok()?)),
+            ["s", strategy, query, score, id] => Some(Cursor::Search {
+                strategy: SearchStrategy::from_letter(strategy)?,
+                query: u32::from_str_radix(lower_hex(query, 8)?, 16).ok()?,
+                score_bits: u64::from_str_radix(lower_hex(score, 16)?, 16).ok()?,
+                id: hex_id(id)?,
+            }),
             _ => None,
         }
     }
@@ -110,10 +136,15 @@ fn time(s: &str) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_micros(if negative { -micros } else { micros })
 }
 
+/// `s` if it is exactly `len` lowercase hex digits (no sign, no `0x`, which parsers would take).
+fn lower_hex(s: &str, len: usize) -> Option<&str> {
+    let well_formed = s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    well_formed.then_some(s)
+}
+
 /// A UUID as `Uuid::simple` writes it; other spellings are no cursor of ours.
 fn hex_id(s: &str) -> Option<Uuid> {
-    let well_formed = s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    well_formed.then(|| Uuid::try_parse(s).ok()).flatten()
+    Uuid::try_parse(lower_hex(s, 32)?).ok()
 }
 
 #[cfg(test)]
@@ -137,6 +168,12 @@ mod tests {
             Cursor::Time { at, id },
             Cursor::Likes { likes: 42, at, id },
             Cursor::Offset(60),
+            Cursor::Search {
+                strategy: SearchStrategy::Trigram,
+                query: 7,
+                score_bits: (-1.5f64).to_bits(),
+                id,
+            },
         ] {
             assert_eq!(Cursor::decode(&cursor.encode()).unwrap(), cursor);
         }
@@ -147,6 +184,9 @@ mod tests {
             "o.+1",
             "o. 1",
             "x.1.2",
+            &format!("s.x.00000000.0000000000000000.{}", id.simple()),
+            &format!("s.f.0000000.0000000000000000.{}", id.simple()),
+            &format!("s.f.00000000.000000000000000G.{}", id.simple()),
             &format!("t.1.{}", id.simple().to_string().to_uppercase()),
             &format!("t.12345678901234567.{}", id.simple()),
             &"A".repeat(500),

@@ -98,8 +98,10 @@ pub const CURSOR_MAX_CHARS: usize = 128;
 /// A time-ordered cursor, as a pattern. Times are microseconds since the epoch, at most 16 digits
 /// (about 317 years either side of 1970).
 pub const CURSOR_TIME_PATTERN: &str = r"^t\.-?[0-9]{1,16}\.[0-9a-f]{32}$";
+/// A search's cursor, as a pattern.
+pub const CURSOR_SEARCH_PATTERN: &str = r"^s\.[ft]\.[0-9a-f]{8}\.[0-9a-f]{16}\.[0-9a-f]{32}$";
 /// Any cursor, as a pattern.
-pub const CURSOR_ANY_PATTERN: &str = r"^(?:t\.-?[0-9]{1,16}\.[0-9a-f]{32}|l\.[0-9]{1,18}\.-?[0-9]{1,16}\.[0-9a-f]{32}|o\.[0-9]{1,9})$";
+pub const CURSOR_ANY_PATTERN: &str = r"^(?:t\.-?[0-9]{1,16}\.[0-9a-f]{32}|l\.[0-9]{1,18}\.-?[0-9]{1,16}\.[0-9a-f]{32}|o\.[0-9]{1,9}|s\.[ft]\.[0-9a-f]{8}\.[0-9a-f]{16}\.[0-9a-f]{32})$";
 
 /// Usernames: length in characters (ASCII only, so also bytes).
 pub const USERNAME_MIN: usize = 3;

@@ -212,9 +212,12 @@ fn parameter_constraints(doc: &mut Value) {
                 }
                 ("query", "cursor") => {
                     // One parameter serves the four feeds, whose orderings write different
-                    // kinds of cursor; the other listings are ordered by time.
+                    // kinds of cursor; search has its own; the other listings are ordered by
+                    // time.
                     let pattern = if path.starts_with("/api/v1/feed/") {
                         rules::CURSOR_ANY_PATTERN
+                    } else if path == "/api/v1/search" {
+                        rules::CURSOR_SEARCH_PATTERN
                     } else {
                         rules::CURSOR_TIME_PATTERN
                     };
@@ -315,7 +318,8 @@ fn common_responses(doc: &mut Value) {
 mod tests {
     use super::*;
     use crate::domain::{
-        CommentBody, Cursor, Limit, Password, PostDraft, SearchQuery, Tags, Username,
+        CommentBody, Cursor, Limit, Password, PostDraft, SearchQuery, SearchStrategy, Tags,
+        Username,
     };
 
     /// A JSON Schema validator of `schema`'s string keywords.
@@ -509,6 +513,7 @@ mod tests {
         };
         let any = cursor_schema("/api/v1/feed/unified");
         let time = cursor_schema("/api/v1/posts/{id}/comments");
+        let search = cursor_schema("/api/v1/search");
         assert_eq!(time, cursor_schema("/api/v1/users/{username}/posts"));
 
         let at = chrono::DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
@@ -525,6 +530,18 @@ mod tests {
             },
             Cursor::Offset(0),
             Cursor::Offset(u32::MAX / 10),
+            Cursor::Search {
+                strategy: SearchStrategy::FullText,
+                query: 0,
+                score_bits: 0,
+                id,
+            },
+            Cursor::Search {
+                strategy: SearchStrategy::Trigram,
+                query: u32::MAX,
+                score_bits: f64::NAN.to_bits(),
+                id,
+            },
         ];
         let mut candidates: Vec<String> = real.iter().map(Cursor::encode).collect();
         for c in real.iter().map(Cursor::encode) {
@@ -541,6 +558,8 @@ mod tests {
             assert_eq!(schema_accepts(&any, c), decoded.is_ok(), "{c:?}");
             let is_time = matches!(decoded, Ok(Cursor::Time { .. }));
             assert_eq!(schema_accepts(&time, c), is_time, "{c:?}");
+            let is_search = matches!(decoded, Ok(Cursor::Search { .. }));
+            assert_eq!(schema_accepts(&search, c), is_search, "{c:?}");
         }
     }
 

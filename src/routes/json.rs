@@ -219,9 +219,11 @@ pub struct FeedJson {
     pub kind: &'static str,
 }
 
-/// Search results.
+/// A page of search results: posts best first, `next_cursor` (null on the last page) for the
+/// next page of posts; matching users on the first page only (empty on later pages).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchJson {
     pub posts: Vec<PostJson>,
     pub users: Vec<AuthorJson>,
+    pub next_cursor: Option<String>,
 }

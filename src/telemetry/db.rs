@@ -222,10 +222,17 @@ pub fn classify(sql: &str) -> (&'static str, Option<String>) {
         "SET" => "SET",
         _ => "OTHER",
     };
+    // The first table named after the keyword: a derived table (`FROM (SELECT …`) is skipped
+    // for the table its own query reads.
     let table_after = |keyword: &str| -> Option<String> {
         let mut words = sql.split_whitespace();
-        words.find(|w| w.eq_ignore_ascii_case(keyword))?;
-        words.next().and_then(table_name)
+        loop {
+            words.find(|w| w.eq_ignore_ascii_case(keyword))?;
+            let table = words.next().and_then(table_name);
+            if let Some(table) = table.filter(|t| !t.eq_ignore_ascii_case("select")) {
+                return Some(table);
+            }
+        }
     };
     let table = match operation {
         "SELECT" | "DELETE" => table_after("FROM"),
@@ -304,6 +311,11 @@ mod tests {
                 r#"SELECT COUNT(*) FROM "public"."follows""#,
                 "SELECT",
                 Some("follows"),
+            ),
+            (
+                "SELECT r.id FROM (SELECT p.id FROM posts p LIMIT $1) r, ( SELECT 1) o",
+                "SELECT",
+                Some("posts"),
             ),
             ("BEGIN", "BEGIN", None),
             ("SELECT 1", "SELECT", None),

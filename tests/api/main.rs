@@ -24,6 +24,8 @@ mod observability;
 mod otlp_logs;
 mod posts;
 mod protocol_errors;
+mod read_plans;
+mod reads;
 mod replicas;
 mod search;
 mod tail_sampling;

@@ -4,6 +4,7 @@
 pub mod comments;
 pub mod feed;
 pub mod posts;
+pub mod search;
 pub mod tokens;
 pub mod users;
 

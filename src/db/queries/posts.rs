@@ -107,27 +107,6 @@ pub fn unlike(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<(
     })
 }
 
-/// Posts whose title contains the pattern (an `ILIKE` pattern) or that carry the tag exactly,
-/// newest first.
-pub fn search(
-    conn: &mut PgConnection,
-    pattern: &str,
-    tag: &str,
-    limit: i64,
-) -> Result<Vec<PostWithAuthor>, AppError> {
-    Ok(posts::table
-        .inner_join(users::table)
-        .filter(
-            posts::title
-                .ilike(pattern)
-                .or(posts::tags.contains(vec![Some(tag.to_lowercase())])),
-        )
-        .select((PostRow::as_select(), users::username))
-        .order((posts::created_at.desc(), posts::id.desc()))
-        .limit(limit)
-        .load(conn)?)
-}
-
 pub(crate) fn invalid_cursor() -> AppError {
     AppError::bad_request("invalid_cursor", "cursor does not belong to this listing")
 }

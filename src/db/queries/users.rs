@@ -113,17 +113,3 @@ pub fn unfollow(conn: &mut PgConnection, follower: Uuid, followee: Uuid) -> Resu
     .execute(conn)?;
     Ok(())
 }
-
-/// Users whose name contains the pattern (already a lower-case `LIKE` pattern), by name.
-pub fn search(
-    conn: &mut PgConnection,
-    pattern: &str,
-    limit: i64,
-) -> Result<Vec<(Uuid, String)>, AppError> {
-    Ok(users::table
-        .filter(lower(users::username).like(pattern.to_lowercase()))
-        .select((users::id, users::username))
-        .order(lower(users::username))
-        .limit(limit)
-        .load(conn)?)
-}
