@@ -312,3 +312,25 @@ fn migrate(conn: &mut PgConnection) -> Result<(), DbStartupError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::migration::MigrationSource;
+    use diesel::pg::Pg;
+
+    use super::MIGRATIONS;
+
+    /// Diesel knows a migration by its version (the folder name up to the first `_`): two
+    /// migrations of one version apply as one, and the other is silently never run.
+    #[test]
+    fn every_migration_has_a_version_of_its_own() {
+        let migrations = MigrationSource::<Pg>::migrations(&MIGRATIONS).unwrap();
+        let versions: Vec<String> = migrations
+            .iter()
+            .map(|m| m.name().version().to_string())
+            .collect();
+        let distinct: std::collections::BTreeSet<&String> = versions.iter().collect();
+        assert!(versions.len() >= 4, "{versions:?}");
+        assert_eq!(distinct.len(), versions.len(), "{versions:?}");
+    }
+}
