@@ -28,8 +28,9 @@
 //! first (a range of `posts_created_idx` and the GIN index, whichever the planner finds
 //! cheaper: both are bounded by the window); when the page's last score beats that bound at the
 //! window's start, the page is exact and nothing older is read. Otherwise the next window is
-//! sized from this one's matches to hold two pages, up to [`LAST_WINDOW`]; a window with no
-//! match ends the search for one (a rare word: all its matches cost less than a wider window).
+//! sized from this one's matches to hold two pages, up to [`LAST_WINDOW`]; a window with under
+//! a quarter of a page ends the search for one (a rare word: all its matches cost less than a
+//! wider window).
 //! Only when no window proves the page (few matches, or old or weak ones) is every match
 //! ranked, through the GIN index.
 //!
@@ -270,11 +271,12 @@ fn best(
             return Ok(rows);
         }
         // The next window holds two pages at this one's density (a full page that did not
-        // prove itself: its matches are weak or old, look four times as far). None at all: a
-        // rare word, whose every match costs less than a wider window.
+        // prove itself: its matches are weak or old, look four times as far). Under a quarter
+        // of a page: a rare word (or too few matches to tell), whose every match costs less
+        // than a wider window.
         window = match rows.len() as i64 {
-            0 => break,
             n if n == probe => window * 4,
+            n if n * 4 < probe => break,
             n => window * 2 * probe / n,
         };
     }
