@@ -85,7 +85,7 @@ async fn search_goes_through_its_indexes() {
     let start = plan(
         &mut conn,
         search::WINDOW_START_SQL,
-        &search::WINDOWS[1].to_string(),
+        &search::LAST_WINDOW.to_string(),
     );
     assert!(start.contains("posts_created_idx"), "{start}");
     assert_no_posts_scan(&start);

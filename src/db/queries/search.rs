@@ -5,7 +5,7 @@
 //! (DESIGN.md, "Search stays in Postgres").
 //!
 //! ```text
-//!  q ─▶ full text: matches among the newest 500, then 20,000 posts ─ page proven? ─ yes ─▶ page (f)
+//!  q ─▶ full text: matches among the newest 500, … ≤ 50,000 posts ─ page proven? ─ yes ─▶ page (f)
 //!         │                                                   └─ no ─▶ every match ranked ─▶ page (f)
 //!         └─ the first page found nothing ─▶ every title similar to the words, ranked (t)
 //! ```
@@ -24,13 +24,15 @@
 //! Why the windows: ranking every match costs what the matches cost, and a common word matches
 //! a share of the catalogue (a quarter of the benchmark's: 25,000 posts ranked, 66 ms, at
 //! 100 k). Because relevance is at most 1, no post older than `t` scores above
-//! `ln 2 · t / half-life`. So the matches among the newest [`WINDOWS`] posts are ranked first
-//! (a range of `posts_created_idx` and the GIN index, whichever the planner finds cheaper:
-//! both are bounded by the window); when the page's last score beats that bound at the
-//! window's start, the page is exact and nothing older is read. A window whose matches are too
-//! sparse for the next window to hold a page ends the search for one (a rare word: all its
-//! matches cost less than reading the next window). Only when no window proves the page (few
-//! matches, or old or weak ones) is every match ranked, through the GIN index.
+//! `ln 2 · t / half-life`. So the matches among the newest [`FIRST_WINDOW`] posts are ranked
+//! first (a range of `posts_created_idx` and the GIN index, whichever the planner finds
+//! cheaper: both are bounded by the window); when the page's last score beats that bound at the
+//! window's start, the page is exact and nothing older is read. Otherwise the next window is
+//! sized from this one's matches to hold two pages, up to [`LAST_WINDOW`]; a window with under
+//! a quarter of a page ends the search for one (a rare word: all its matches cost less than a
+//! wider window).
+//! Only when no window proves the page (few matches, or old or weak ones) is every match
+//! ranked, through the GIN index.
 //!
 //! A window is a number of posts, not a time, so its cost does not grow with the catalogue;
 //! and its start is passed as a value, not as a `LIMIT` on a newest-first walk of the matches,
@@ -49,8 +51,11 @@ use crate::errors::AppError;
 /// How fast recency outweighs relevance.
 pub const HALF_LIFE_DAYS: u32 = 30;
 
-/// The windows, in posts, that a page is first looked for in (newest first).
-pub const WINDOWS: [i64; 2] = [500, 20_000];
+/// The first window, in posts, that a page is looked for in (newest first); each next one is
+/// sized from the matches of the last to hold two pages, up to [`LAST_WINDOW`].
+pub const FIRST_WINDOW: i64 = 500;
+/// The largest window: past it, every match is ranked.
+pub const LAST_WINDOW: i64 = 50_000;
 
 // The SQL pieces shared by the statements, so that a score is computed by the same expression
 // in every one of them (a cursor's score must compare equal to the score it came from).
@@ -243,18 +248,18 @@ fn best(
     // The fallback's matches are few (word similarity of at least 0.6 to a typo or a partial
     // word), and scoring a window's titles by similarity costs about five times what matching
     // them by full text does: it ranks every match at once.
-    let windows: &[i64] = match strategy {
-        SearchStrategy::FullText => &WINDOWS,
-        SearchStrategy::Trigram => &[],
+    let mut window = match strategy {
+        SearchStrategy::FullText => FIRST_WINDOW,
+        SearchStrategy::Trigram => LAST_WINDOW + 1,
     };
-    for (i, &window) in windows.iter().enumerate() {
+    while window <= LAST_WINDOW {
         let start = diesel::sql_query(WINDOW_START_SQL)
             .bind::<BigInt, _>(window)
             .get_result::<WindowStart>(conn)
             .optional()?;
         let Some(start) = start else {
             // The catalogue is smaller than the window: every match is in it.
-            return Ok(run(conn, None)?);
+            break;
         };
         let rows = run(conn, Some(start.created_at))?;
         // Every match left out of the window is older than its start, so it scores at most the
@@ -265,12 +270,15 @@ fn best(
         if proven {
             return Ok(rows);
         }
-        // Too rare for the next window to hold a page, at the density of this one: every
-        // match, through the GIN index, costs less than reading that window.
-        let next = windows.get(i + 1).copied().unwrap_or(window);
-        if rows.len() as i64 * next / window < probe {
-            break;
-        }
+        // The next window holds two pages at this one's density (a full page that did not
+        // prove itself: its matches are weak or old, look four times as far). Under a quarter
+        // of a page: a rare word (or too few matches to tell), whose every match costs less
+        // than a wider window.
+        window = match rows.len() as i64 {
+            n if n == probe => window * 4,
+            n if n * 4 < probe => break,
+            n => window * 2 * probe / n,
+        };
     }
     Ok(run(conn, None)?)
 }
