@@ -3,8 +3,12 @@
 //! Every handler returns `Result<_, AppError>`. An `AppError` renders as
 //! `{"error":{"code","message","trace_id"}}` with the status its variant names:
 //!
+//! Nothing below the routes knows of it: the domain returns `ValidationError`, the queries and
+//! the job queue `db::DbError` (or their own small enums), and the conversions here (or the
+//! route, where the answer depends on it) turn them into answers:
+//!
 //! - bad input → 400 with a specific code; never a 500, whatever the bytes;
-//! - `diesel::NotFound` → 404;
+//! - `diesel::NotFound`, `DbError::NotFound` → 404;
 //! - a Postgres or Redis outage (pool timeout, broken connection) → 503;
 //! - anything else → 500 whose message says nothing of the internals. Its cause chain is logged
 //!   once, here at the boundary, and nowhere else.
@@ -17,6 +21,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::db::DbError;
+use crate::domain::ValidationError;
 use crate::telemetry::logging;
 use crate::telemetry::propagation;
 use crate::telemetry::root_span::ServerFault;
@@ -277,6 +283,33 @@ impl fmt::Display for ErrorChain<'_> {
             source = cause.source();
         }
         Ok(())
+    }
+}
+
+/// A value that broke a rule of the domain: 400 with its code.
+impl From<ValidationError> for AppError {
+    fn from(err: ValidationError) -> Self {
+        AppError::BadRequest {
+            code: err.code,
+            message: err.message,
+        }
+    }
+}
+
+/// What a database call failed with, as an answer (the policy at the top of this file).
+impl From<DbError> for AppError {
+    fn from(err: DbError) -> Self {
+        match err {
+            DbError::NotFound(what) => AppError::NotFound(what),
+            DbError::Forbidden(message) => AppError::Forbidden(message),
+            DbError::Conflict { code, message } => AppError::Conflict { code, message },
+            DbError::InvalidCursor => {
+                AppError::bad_request("invalid_cursor", "cursor does not belong to this listing")
+            }
+            DbError::Unavailable(source) => AppError::unavailable("postgres", source),
+            DbError::Task(source) => AppError::internal("database task", source),
+            DbError::Query(source) => source.into(),
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::db::Db;
 use crate::db::queries::tokens;
+use crate::db::{Db, DbError};
 use crate::errors::ErrorChain;
 use crate::telemetry::logging;
 
@@ -50,7 +50,7 @@ async fn purge_once(db: &Db) {
     loop {
         // Untraced: a timer's work would start a trace of its own every round.
         let round = db
-            .run_untraced(|conn| Ok(tokens::purge_expired(conn, PURGE_BATCH)?))
+            .run_untraced(|conn| Ok::<_, DbError>(tokens::purge_expired(conn, PURGE_BATCH)?))
             .await;
         match round {
             Ok(Some(n)) => {

@@ -204,3 +204,23 @@ fn comments_strings_and_tests_are_not_imports() {
     assert_eq!(paths_after(&code, "crate::"), ["a::B", "d::f"]);
     assert_eq!(paths_after("my_crate::x, crate::y", "crate::"), ["y"]);
 }
+
+/// The error boundary: the HTTP error (`errors.rs`) is the routes' to build. The queries, the
+/// job queue and the domain return their own errors, which the routes map.
+#[test]
+fn below_the_routes_nothing_knows_the_http_error() {
+    let edges = edges();
+    let below: Vec<&String> = edges
+        .keys()
+        .filter(|m| m.starts_with("db") || m.starts_with("domain") || *m == "audio::jobs")
+        .collect();
+    assert!(below.len() >= 8, "{below:?}");
+    for module in below {
+        assert!(
+            !edges[module].contains("errors"),
+            "{module} imports errors.rs"
+        );
+    }
+    // The routes do.
+    assert!(edges["routes::auth"].contains("errors"));
+}

@@ -29,10 +29,9 @@ use uuid::Uuid;
 
 use super::AudioStatus;
 use super::ffmpeg::Probe;
+use crate::db::DbError;
 use crate::db::models::PostAudio;
 use crate::db::schema::{audio_jobs, posts, users};
-use crate::errors::AppError;
-use crate::telemetry::metrics::{self, Refusal};
 
 /// The per-user limits an upload is checked against (CONTRACT.md §1 "Limits").
 #[derive(Debug, Clone, Copy)]
@@ -83,22 +82,40 @@ impl Holdings {
 
     /// The refusal for one more upload of `bytes` (`None`: not known yet, the body streams),
     /// if any.
-    pub fn refuse(&self, limits: UploadLimits, bytes: Option<u64>) -> Option<AppError> {
+    pub fn refuse(&self, limits: UploadLimits, bytes: Option<u64>) -> Option<UploadRefusal> {
         if self.unfinished_jobs >= i64::from(limits.pending_per_user) {
-            metrics::request_refused(Refusal::AudioPending);
-            return Some(AppError::TooManyRequests {
-                code: "audio_pending_limit",
-                message: "too many uploads are still being processed; try again after Retry-After seconds",
-                retry_after_s: PENDING_RETRY_AFTER_S,
-            });
+            return Some(UploadRefusal::Pending);
         }
         if bytes.is_some_and(|b| b > self.room(limits.quota_bytes)) {
-            metrics::request_refused(Refusal::AudioQuota);
-            return Some(AppError::AudioQuotaExceeded {
+            return Some(UploadRefusal::Quota {
                 quota_bytes: limits.quota_bytes,
             });
         }
         None
+    }
+}
+
+/// Why one more upload is refused (CONTRACT.md §1 "Limits"); the route says it to the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadRefusal {
+    /// `AUDIO_PENDING_PER_USER` jobs of the user are unfinished.
+    Pending,
+    /// The upload would take the user's stored audio past `AUDIO_QUOTA_BYTES`.
+    Quota { quota_bytes: u64 },
+}
+
+/// Why [`enqueue`] did not queue the upload.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    #[error("upload refused: {0:?}")]
+    Refused(UploadRefusal),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl From<diesel::result::Error> for EnqueueError {
+    fn from(err: diesel::result::Error) -> Self {
+        Self::Db(err.into())
     }
 }
 
@@ -136,23 +153,23 @@ pub struct NewUpload {
 }
 
 /// The author of a post, and the upload it has now.
-pub fn post_owner(conn: &mut PgConnection, post_id: Uuid) -> Result<Uuid, AppError> {
+pub fn post_owner(conn: &mut PgConnection, post_id: Uuid) -> Result<Uuid, DbError> {
     posts::table
         .find(post_id)
         .select(posts::author_id)
         .first(conn)
         .optional()?
-        .ok_or(AppError::NotFound("post"))
+        .ok_or(DbError::NotFound("post"))
 }
 
 /// A post's audio fields, for serving its file.
-pub fn post_audio(conn: &mut PgConnection, post_id: Uuid) -> Result<PostAudio, AppError> {
+pub fn post_audio(conn: &mut PgConnection, post_id: Uuid) -> Result<PostAudio, DbError> {
     posts::table
         .find(post_id)
         .select(PostAudio::as_select())
         .first(conn)
         .optional()?
-        .ok_or(AppError::NotFound("post"))
+        .ok_or(DbError::NotFound("post"))
 }
 
 /// Marks the post `pending` and queues its job in one transaction; the post's earlier job, if
@@ -167,7 +184,7 @@ pub fn enqueue(
     requester: Uuid,
     upload: &NewUpload,
     limits: UploadLimits,
-) -> Result<Option<Uuid>, AppError> {
+) -> Result<Option<Uuid>, EnqueueError> {
     conn.transaction(|conn| {
         users::table
             .find(requester)
@@ -177,7 +194,7 @@ pub fn enqueue(
         let held = holdings(conn, requester, upload.post_id)?;
         let bytes = u64::try_from(upload.source_bytes).unwrap_or(u64::MAX);
         if let Some(refusal) = held.refuse(limits, Some(bytes)) {
-            return Err(refusal);
+            return Err(EnqueueError::Refused(refusal));
         }
         // The row lock orders concurrent uploads to one post: each sees the one before it.
         let (author, previous): (Uuid, Option<Uuid>) = posts::table
@@ -186,11 +203,9 @@ pub fn enqueue(
             .for_update()
             .first(conn)
             .optional()?
-            .ok_or(AppError::NotFound("post"))?;
+            .ok_or(DbError::NotFound("post"))?;
         if author != requester {
-            return Err(AppError::Forbidden(
-                "only the author can upload a post's audio",
-            ));
+            return Err(DbError::Forbidden("only the author can upload a post's audio").into());
         }
         diesel::update(
             audio_jobs::table
@@ -383,7 +398,7 @@ fn write_claimed(
     job: &ClaimedJob,
     job_write: impl FnOnce(&mut PgConnection) -> QueryResult<usize>,
     post_write: impl FnOnce(&mut PgConnection) -> QueryResult<usize>,
-) -> Result<Written, AppError> {
+) -> Result<Written, DbError> {
     conn.transaction(|conn| {
         if !lock_post(conn, job.post_id)? || job_write(conn)? == 0 {
             return Ok(Written::Lost);
@@ -398,7 +413,7 @@ pub fn finish(
     conn: &mut PgConnection,
     job: &ClaimedJob,
     processed: &Processed,
-) -> Result<Written, AppError> {
+) -> Result<Written, DbError> {
     write_claimed(
         conn,
         job,
@@ -438,7 +453,7 @@ pub fn fail(
     job: &ClaimedJob,
     reason: &str,
     retry: bool,
-) -> Result<Written, AppError> {
+) -> Result<Written, DbError> {
     let (state, post_status) = if retry {
         ("queued", AudioStatus::Pending)
     } else {
@@ -475,7 +490,7 @@ pub fn fail(
 
 /// Gives a job back untried (the process is stopping): `queued`, this attempt not counted, so
 /// another worker takes it at once instead of after the lease.
-pub fn release(conn: &mut PgConnection, job: &ClaimedJob) -> Result<Written, AppError> {
+pub fn release(conn: &mut PgConnection, job: &ClaimedJob) -> Result<Written, DbError> {
     write_claimed(
         conn,
         job,

@@ -47,8 +47,8 @@ use super::storage::StorageError;
 use super::{AudioService, AudioStorage};
 use crate::cache::feed::{FeedCache, FeedChange};
 use crate::config::AudioSettings;
-use crate::db::Db;
-use crate::errors::{AppError, ErrorChain};
+use crate::db::{Db, DbError};
+use crate::errors::ErrorChain;
 use crate::telemetry::metrics::{self, AudioJobOutcome, AudioStage};
 use crate::telemetry::{logging, propagation};
 
@@ -144,7 +144,7 @@ impl Worker {
             let lease = self.lease;
             let claimed = self
                 .db
-                .run_untraced(move |conn| Ok(jobs::claim(conn, lease)?))
+                .run_untraced(move |conn| Ok::<_, DbError>(jobs::claim(conn, lease)?))
                 .await;
             if claimed.is_ok() {
                 failing = false;
@@ -187,7 +187,7 @@ impl Worker {
     async fn refresh_queue_depth(&self) {
         if let Ok(open) = self
             .db
-            .run_untraced(|conn| Ok(jobs::open_jobs(conn)?))
+            .run_untraced(|conn| Ok::<_, DbError>(jobs::open_jobs(conn)?))
             .await
         {
             metrics::audio_jobs_queued(open);
@@ -247,7 +247,7 @@ impl Worker {
         let claimed = job.clone();
         match self
             .db
-            .run(move |conn| Ok(jobs::start(conn, &claimed)?))
+            .run(move |conn| Ok::<_, DbError>(jobs::start(conn, &claimed)?))
             .await
         {
             Ok(true) => {}
@@ -272,7 +272,7 @@ impl Worker {
             let claimed = job.clone();
             match self
                 .db
-                .run(move |conn| Ok(jobs::renew(conn, &claimed, lease)?))
+                .run(move |conn| Ok::<_, DbError>(jobs::renew(conn, &claimed, lease)?))
                 .await
             {
                 Ok(true) => {}
@@ -462,7 +462,7 @@ impl Worker {
         let claimed = job.clone();
         let superseded = self
             .db
-            .run(move |conn| Ok(jobs::is_superseded(conn, &claimed)?))
+            .run(move |conn| Ok::<_, DbError>(jobs::is_superseded(conn, &claimed)?))
             .await
             .unwrap_or(false);
         if superseded && let Err(err) = self.storage.remove_upload(job.post_id, job.id).await {
@@ -574,7 +574,7 @@ fn storage_fault(what: &'static str, err: &StorageError) -> StageError {
 
 /// A fault of the server: logged with its cause (which may name internals), and reported with
 /// a reason that does not.
-fn server_fault(what: &'static str, err: &AppError) -> StageError {
+fn server_fault(what: &'static str, err: &DbError) -> StageError {
     slog::warn!(logging::logger(), "audio job hit a server fault";
         "dependency" => what, "error" => %ErrorChain(err));
     StageError::server("a server fault interrupted processing")

@@ -27,7 +27,6 @@ use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 use url::Url;
 
 use crate::config::DatabaseSettings;
-use crate::errors::AppError;
 use crate::telemetry::db::{DbTarget, QueryInstrumentation};
 use crate::telemetry::logging;
 use crate::telemetry::propagation::spawn_blocking_in_span;
@@ -39,14 +38,46 @@ const MIGRATION_LOCK_ID: i64 = 0x5349_4445_4348_4149; // "SIDECHAI"
 
 type PgPool = Pool<InstrumentedManager>;
 
-/// `f` with a connection from the pool; a pool timeout is a 503.
-fn with_connection<T>(
+/// What a database call fails with. The queries (`queries/*`) and the job queue return it; the
+/// routes map it to their HTTP answer (`errors.rs`), as the model code of crates.io does with
+/// Diesel's errors: nothing here knows of HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The named thing does not exist.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// The caller may not do this to it.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// A unique value is taken.
+    #[error("{message}")]
+    Conflict {
+        code: &'static str,
+        message: &'static str,
+    },
+    /// A cursor that does not belong to the listing it was sent to.
+    #[error("cursor does not belong to this listing")]
+    InvalidCursor,
+    /// No connection within `DB_POOL_TIMEOUT_MS`.
+    #[error("no Postgres connection: {0}")]
+    Unavailable(#[source] diesel::r2d2::PoolError),
+    /// The blocking task running the call failed.
+    #[error("database task failed: {0}")]
+    Task(String),
+    /// Anything else Postgres or Diesel said.
+    #[error(transparent)]
+    Query(#[from] diesel::result::Error),
+}
+
+/// `f` with a connection from the pool; a pool timeout is [`DbError::Unavailable`].
+fn with_connection<T, E>(
     pool: &PgPool,
-    f: impl FnOnce(&mut PgConnection) -> Result<T, AppError>,
-) -> Result<T, AppError> {
-    let mut conn = pool
-        .get()
-        .map_err(|e| AppError::unavailable("postgres", e))?;
+    f: impl FnOnce(&mut PgConnection) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<DbError>,
+{
+    let mut conn = pool.get().map_err(|e| E::from(DbError::Unavailable(e)))?;
     f(&mut conn)
 }
 
@@ -112,24 +143,27 @@ impl Db {
     }
 
     /// Runs `f` with a pooled connection on the blocking pool, inside the caller's span, so its
-    /// query spans join the request's trace. A pool timeout is a 503.
-    pub async fn run<T, F>(&self, f: F) -> Result<T, AppError>
+    /// query spans join the request's trace. `f`'s error is [`DbError`] or anything a
+    /// `DbError` converts into (a route's own error); a pool timeout is `DbError::Unavailable`.
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: From<DbError> + Send + 'static,
     {
         let pool = self.pool.clone();
         spawn_blocking_in_span(move || with_connection(&pool, f))
             .await
-            .map_err(|e| AppError::internal("database task", e))?
+            .map_err(|e| E::from(DbError::Task(e.to_string())))?
     }
 
     /// Like [`Db::run`], but the statements make no spans. For background polling only (the
     /// audio job queue), which would otherwise start a new trace at every poll.
-    pub async fn run_untraced<T, F>(&self, f: F) -> Result<T, AppError>
+    pub async fn run_untraced<T, E, F>(&self, f: F) -> Result<T, E>
     where
-        F: FnOnce(&mut PgConnection) -> Result<T, AppError> + Send + 'static,
+        F: FnOnce(&mut PgConnection) -> Result<T, E> + Send + 'static,
         T: Send + 'static,
+        E: From<DbError> + Send + 'static,
     {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
@@ -137,11 +171,11 @@ impl Db {
             tracing::subscriber::with_default(silent, || with_connection(&pool, f))
         })
         .await
-        .map_err(|e| AppError::internal("database task", e))?
+        .map_err(|e| E::from(DbError::Task(e.to_string())))?
     }
 
     /// `SELECT 1`, for readiness.
-    pub async fn ping(&self) -> Result<(), AppError> {
+    pub async fn ping(&self) -> Result<(), DbError> {
         self.run(|conn| {
             diesel::sql_query("SELECT 1").execute(conn)?;
             Ok(())

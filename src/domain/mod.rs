@@ -15,8 +15,6 @@ pub use post::{CommentBody, PostDraft, Tags};
 pub use search::{SearchQuery, SearchStrategy, SearchWords};
 pub use user::{Email, Password, Username};
 
-use crate::errors::AppError;
-
 /// A value that breaks a rule: becomes a 400 with `code`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValidationError {
@@ -40,15 +38,6 @@ impl std::fmt::Display for ValidationError {
 }
 
 impl std::error::Error for ValidationError {}
-
-impl From<ValidationError> for AppError {
-    fn from(err: ValidationError) -> Self {
-        AppError::BadRequest {
-            code: err.code,
-            message: err.message,
-        }
-    }
-}
 
 /// Checks a free-text field against its rule (see [`rules::TextRule`]) and returns it trimmed.
 pub(crate) fn text_field(

@@ -15,10 +15,11 @@ use uuid::Uuid;
 use super::auth::Authenticated;
 use super::json::{AudioJson, AudioUploadJson};
 use super::{State, parse_id};
-use crate::audio::jobs::{self, NewUpload};
+use crate::audio::jobs::{self, EnqueueError, NewUpload, UploadRefusal};
 use crate::audio::storage::{RangeRequest, ReceiveError, StorageError, drain, parse_range};
 use crate::audio::{ACCEPTED_TYPES, AudioStatus};
 use crate::cache::feed::FeedChange;
+use crate::db::DbError;
 use crate::errors::{AppError, ErrorBody};
 use crate::telemetry::metrics::{self, Refusal};
 use crate::telemetry::propagation;
@@ -130,7 +131,10 @@ pub async fn upload(
         Ok(superseded) => superseded,
         Err(err) => {
             remove_upload(&state, post_id, upload_id).await;
-            return Err(err);
+            return Err(match err {
+                EnqueueError::Refused(refusal) => refused(refusal),
+                EnqueueError::Db(err) => err.into(),
+            });
         }
     };
     if let Some(previous) = superseded {
@@ -192,10 +196,10 @@ async fn check_upload(
     }
     let held = state
         .db
-        .run(move |conn| Ok(jobs::holdings(conn, requester, post_id)?))
+        .run(move |conn| Ok::<_, DbError>(jobs::holdings(conn, requester, post_id)?))
         .await?;
     if let Some(refusal) = held.refuse(state.audio.limits, declared) {
-        return Err(refusal);
+        return Err(refused(refusal));
     }
     Ok((
         post_id,
@@ -325,6 +329,24 @@ pub async fn download(
 }
 
 /// Object storage out of reach is an outage (503, retry later); a local disk's error is a fault.
+/// The answer to an upload refused by a per-user limit, counted.
+fn refused(refusal: UploadRefusal) -> AppError {
+    match refusal {
+        UploadRefusal::Pending => {
+            metrics::request_refused(Refusal::AudioPending);
+            AppError::TooManyRequests {
+                code: "audio_pending_limit",
+                message: "too many uploads are still being processed; try again after Retry-After seconds",
+                retry_after_s: jobs::PENDING_RETRY_AFTER_S,
+            }
+        }
+        UploadRefusal::Quota { quota_bytes } => {
+            metrics::request_refused(Refusal::AudioQuota);
+            AppError::AudioQuotaExceeded { quota_bytes }
+        }
+    }
+}
+
 fn storage_fault(err: StorageError) -> AppError {
     match err {
         StorageError::Object(e) => AppError::unavailable("object_storage", e),

@@ -11,6 +11,7 @@ use super::State;
 use super::json::{AccountJson, AuthJson};
 use super::throttle::{Account, Admission};
 use crate::client_address::{ClientAddress, TrustedProxies};
+use crate::db::DbError;
 use crate::db::models::NewUser;
 use crate::db::queries::{tokens, users};
 use crate::domain::credentials::{self, token_digest};
@@ -122,7 +123,7 @@ pub async fn register(
                     },
                 )?;
                 tokens::insert(conn, &digest, user.id, expires_at, keep)?;
-                Ok(user)
+                Ok::<_, DbError>(user)
             })
         })
         .await?;

@@ -13,6 +13,7 @@ use utoipa::IntoParams;
 
 use super::State;
 use super::json::{AuthorJson, PostJson, SearchJson};
+use crate::db::DbError;
 use crate::db::queries::feed::by_ids;
 use crate::db::queries::posts::invalid_cursor;
 use crate::db::queries::search::{self, After};
@@ -67,7 +68,7 @@ pub async fn search(
             score: f64::from_bits(score_bits),
             id,
         }),
-        Some(_) => return Err(invalid_cursor()),
+        Some(_) => return Err(invalid_cursor().into()),
     };
 
     let span = tracing::info_span!(
@@ -88,7 +89,7 @@ pub async fn search(
                 None => search::users(conn, &words, limit)?,
                 Some(_) => Vec::new(),
             };
-            Ok((matches, posts, users))
+            Ok::<_, DbError>((matches, posts, users))
         })
         .instrument(span)
         .await?;

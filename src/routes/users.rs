@@ -35,7 +35,7 @@ pub async fn profile(state: State, path: web::Path<String>) -> Result<HttpRespon
             let user = users::find_by_username(conn, username.as_str())?
                 .ok_or(AppError::NotFound("user"))?;
             let counts = users::profile_counts(conn, user.id)?;
-            Ok(ProfileJson::new(user, counts))
+            Ok::<_, AppError>(ProfileJson::new(user, counts))
         })
         .await?;
     Ok(HttpResponse::Ok().json(profile))
@@ -102,7 +102,7 @@ pub async fn follow(
                     "you cannot follow yourself",
                 ));
             }
-            users::follow(conn, me_id, followee)
+            Ok(users::follow(conn, me_id, followee)?)
         })
         .await?;
     state.feeds.changed(me_id, FeedChange::ByWriter).await;

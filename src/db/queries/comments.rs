@@ -4,10 +4,10 @@ use uuid::Uuid;
 
 use super::posts::invalid_cursor;
 use super::{Page, violated_constraint};
+use crate::db::DbError;
 use crate::db::models::{CommentRow, NewComment};
 use crate::db::schema::{comments, posts, users};
 use crate::domain::{Cursor, Limit};
-use crate::errors::AppError;
 
 /// A comment with its author's name.
 pub type CommentWithAuthor = (CommentRow, String);
@@ -18,7 +18,7 @@ pub fn insert(
     post_id: Uuid,
     author_id: Uuid,
     body: &str,
-) -> Result<CommentWithAuthor, AppError> {
+) -> Result<CommentWithAuthor, DbError> {
     conn.transaction(|conn| {
         let row = diesel::insert_into(comments::table)
             .values(NewComment {
@@ -31,7 +31,7 @@ pub fn insert(
             .get_result(conn)
             .map_err(|err| {
                 match violated_constraint(&err, DatabaseErrorKind::ForeignKeyViolation) {
-                    Some(_) => AppError::NotFound("post"),
+                    Some(_) => DbError::NotFound("post"),
                     None => err.into(),
                 }
             })?;
@@ -52,11 +52,11 @@ pub fn for_post(
     post_id: Uuid,
     cursor: Option<Cursor>,
     limit: Limit,
-) -> Result<Page<CommentWithAuthor>, AppError> {
+) -> Result<Page<CommentWithAuthor>, DbError> {
     let exists =
         diesel::select(diesel::dsl::exists(posts::table.find(post_id))).get_result::<bool>(conn)?;
     if !exists {
-        return Err(AppError::NotFound("post"));
+        return Err(DbError::NotFound("post"));
     }
     let mut query = comments::table
         .inner_join(users::table)

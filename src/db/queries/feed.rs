@@ -27,10 +27,10 @@ use uuid::Uuid;
 
 use super::Page;
 use super::posts::invalid_cursor;
+use crate::db::DbError;
 use crate::db::models::{PostRow, PostWithAuthor};
 use crate::db::schema::{follows, posts, users};
 use crate::domain::{Cursor, Limit};
-use crate::errors::AppError;
 
 /// Whose posts a newest-first listing shows.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +49,7 @@ pub fn newest_first(
     authors: Authors,
     cursor: Option<Cursor>,
     limit: Limit,
-) -> Result<Page<PostWithAuthor>, AppError> {
+) -> Result<Page<PostWithAuthor>, DbError> {
     let after = match cursor {
         None => None,
         Some(Cursor::Time { at, id }) => Some((at, id)),
@@ -121,7 +121,7 @@ fn timeline(
     user_id: Uuid,
     after: Option<(DateTime<Utc>, Uuid)>,
     limit: Limit,
-) -> Result<Page<PostWithAuthor>, AppError> {
+) -> Result<Page<PostWithAuthor>, DbError> {
     let query = |sql: &'static str| {
         diesel::sql_query(sql)
             .bind::<SqlUuid, _>(user_id)
@@ -173,7 +173,7 @@ pub fn trending(
     since: DateTime<Utc>,
     cursor: Option<Cursor>,
     limit: Limit,
-) -> Result<Page<PostWithAuthor>, AppError> {
+) -> Result<Page<PostWithAuthor>, DbError> {
     let after = match cursor {
         None => None,
         Some(Cursor::Likes { likes, at, id }) => Some((likes, at, id)),
@@ -198,7 +198,7 @@ pub fn trending(
 fn with_posts<K: Keyed>(
     conn: &mut PgConnection,
     page: Page<K>,
-) -> Result<Page<PostWithAuthor>, AppError> {
+) -> Result<Page<PostWithAuthor>, DbError> {
     let ids: Vec<Uuid> = page.items.iter().map(Keyed::id).collect();
     Ok(Page {
         items: by_ids(conn, &ids)?,
@@ -223,7 +223,7 @@ impl Keyed for LikesKey {
 }
 
 /// The posts with these ids, in the order given; ids without a post are skipped.
-pub fn by_ids(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<PostWithAuthor>, AppError> {
+pub fn by_ids(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<PostWithAuthor>, DbError> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }

@@ -3,16 +3,16 @@ use diesel::result::DatabaseErrorKind;
 use uuid::Uuid;
 
 use super::violated_constraint;
+use crate::db::DbError;
 use crate::db::models::{NewPost, PostRow, PostWithAuthor};
 use crate::db::schema::{likes, posts, users};
 use crate::domain::PostDraft;
-use crate::errors::AppError;
 
 pub fn insert(
     conn: &mut PgConnection,
     author_id: Uuid,
     draft: &PostDraft,
-) -> Result<PostWithAuthor, AppError> {
+) -> Result<PostWithAuthor, DbError> {
     let tags = draft.tags.clone().into_inner();
     let row = diesel::insert_into(posts::table)
         .values(NewPost {
@@ -35,27 +35,27 @@ pub fn insert(
     Ok((row, username))
 }
 
-pub fn find(conn: &mut PgConnection, id: Uuid) -> Result<PostWithAuthor, AppError> {
+pub fn find(conn: &mut PgConnection, id: Uuid) -> Result<PostWithAuthor, DbError> {
     posts::table
         .inner_join(users::table)
         .filter(posts::id.eq(id))
         .select((PostRow::as_select(), users::username))
         .first(conn)
         .optional()?
-        .ok_or(AppError::NotFound("post"))
+        .ok_or(DbError::NotFound("post"))
 }
 
 /// Deletes a post if `requester` wrote it: 404 if there is no such post, 403 if it is someone
 /// else's.
-pub fn delete(conn: &mut PgConnection, id: Uuid, requester: Uuid) -> Result<(), AppError> {
+pub fn delete(conn: &mut PgConnection, id: Uuid, requester: Uuid) -> Result<(), DbError> {
     let author: Uuid = posts::table
         .find(id)
         .select(posts::author_id)
         .first(conn)
         .optional()?
-        .ok_or(AppError::NotFound("post"))?;
+        .ok_or(DbError::NotFound("post"))?;
     if author != requester {
-        return Err(AppError::Forbidden("only the author can delete a post"));
+        return Err(DbError::Forbidden("only the author can delete a post"));
     }
     diesel::delete(posts::table.find(id)).execute(conn)?;
     Ok(())
@@ -63,7 +63,7 @@ pub fn delete(conn: &mut PgConnection, id: Uuid, requester: Uuid) -> Result<(), 
 
 /// Likes a post; liking twice is not an error. The counter moves in the same transaction as the
 /// row, only when the row is new.
-pub fn like(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<(), AppError> {
+pub fn like(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<(), DbError> {
     conn.transaction(|conn| {
         let inserted = diesel::insert_into(likes::table)
             .values((likes::post_id.eq(post_id), likes::user_id.eq(user_id)))
@@ -71,7 +71,7 @@ pub fn like(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<(),
             .execute(conn)
             .map_err(|err| {
                 match violated_constraint(&err, DatabaseErrorKind::ForeignKeyViolation) {
-                    Some(_) => AppError::NotFound("post"),
+                    Some(_) => DbError::NotFound("post"),
                     None => err.into(),
                 }
             })?;
@@ -85,12 +85,12 @@ pub fn like(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<(),
 }
 
 /// Removes a like; removing one that is not there is not an error, but the post must exist.
-pub fn unlike(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<(), AppError> {
+pub fn unlike(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<(), DbError> {
     conn.transaction(|conn| {
         let exists = diesel::select(diesel::dsl::exists(posts::table.find(post_id)))
             .get_result::<bool>(conn)?;
         if !exists {
-            return Err(AppError::NotFound("post"));
+            return Err(DbError::NotFound("post"));
         }
         let deleted = diesel::delete(
             likes::table
@@ -107,6 +107,6 @@ pub fn unlike(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<(
     })
 }
 
-pub(crate) fn invalid_cursor() -> AppError {
-    AppError::bad_request("invalid_cursor", "cursor does not belong to this listing")
+pub(crate) fn invalid_cursor() -> DbError {
+    DbError::InvalidCursor
 }

@@ -45,8 +45,8 @@ use diesel::sql_types::{BigInt, Double, Nullable, Text, Timestamptz, Uuid as Sql
 use uuid::Uuid;
 
 use super::Page;
+use crate::db::DbError;
 use crate::domain::{Cursor, Limit, SearchStrategy, SearchWords};
-use crate::errors::AppError;
 
 /// How fast recency outweighs relevance.
 pub const HALF_LIFE_DAYS: u32 = 30;
@@ -195,7 +195,7 @@ pub fn posts(
     fingerprint: u32,
     after: Option<After>,
     limit: Limit,
-) -> Result<PostMatches, AppError> {
+) -> Result<PostMatches, DbError> {
     let mut strategy = after.map_or(SearchStrategy::FullText, |a| a.strategy);
     let mut rows = best(conn, strategy, query, words, after, limit)?;
     if rows.is_empty() && after.is_none() && strategy == SearchStrategy::FullText {
@@ -223,7 +223,7 @@ fn best(
     words: &SearchWords,
     after: Option<After>,
     limit: Limit,
-) -> Result<Vec<Scored>, AppError> {
+) -> Result<Vec<Scored>, DbError> {
     let probe = limit.probe();
     let run = |conn: &mut PgConnection, since: Option<DateTime<Utc>>| {
         let (score, id) = (after.map(|a| a.score), after.map(|a| a.id));
@@ -289,7 +289,7 @@ pub fn users(
     conn: &mut PgConnection,
     words: &SearchWords,
     limit: Limit,
-) -> Result<Vec<(Uuid, String)>, AppError> {
+) -> Result<Vec<(Uuid, String)>, DbError> {
     let limit = i64::from(limit.get());
     let mut found = diesel::sql_query(USERS_PREFIX_SQL)
         .bind::<Text, _>(words.prefix_pattern())

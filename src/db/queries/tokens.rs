@@ -2,9 +2,9 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
+use crate::db::DbError;
 use crate::db::models::NewToken;
 use crate::db::schema::{auth_tokens, users};
-use crate::errors::AppError;
 
 /// Stores a new token of `user_id`, then revokes the user's oldest live tokens beyond
 /// `keep` (`TOKEN_MAX_PER_USER`) and their expired ones. The caller runs it in a transaction
@@ -15,7 +15,7 @@ pub fn insert(
     user_id: Uuid,
     expires_at: DateTime<Utc>,
     keep: u32,
-) -> Result<(), AppError> {
+) -> Result<(), DbError> {
     diesel::insert_into(auth_tokens::table)
         .values(NewToken {
             token_hash,
@@ -64,7 +64,7 @@ pub fn purge_expired(conn: &mut PgConnection, batch: i64) -> QueryResult<Option<
 pub fn user_for(
     conn: &mut PgConnection,
     token_hash: &[u8],
-) -> Result<Option<(Uuid, String)>, AppError> {
+) -> Result<Option<(Uuid, String)>, DbError> {
     Ok(auth_tokens::table
         .inner_join(users::table)
         .filter(auth_tokens::token_hash.eq(token_hash))
@@ -75,7 +75,7 @@ pub fn user_for(
 }
 
 /// Revokes one token (logout). Revoking a token that is already gone changes nothing.
-pub fn delete(conn: &mut PgConnection, token_hash: &[u8]) -> Result<(), AppError> {
+pub fn delete(conn: &mut PgConnection, token_hash: &[u8]) -> Result<(), DbError> {
     diesel::delete(auth_tokens::table.filter(auth_tokens::token_hash.eq(token_hash)))
         .execute(conn)?;
     Ok(())

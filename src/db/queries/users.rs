@@ -4,25 +4,25 @@ use diesel::result::DatabaseErrorKind;
 use uuid::Uuid;
 
 use super::violated_constraint;
+use crate::db::DbError;
 use crate::db::models::{NewUser, ProfileCounts, UserRow};
 use crate::db::schema::{follows, posts, users};
-use crate::errors::AppError;
 
 diesel::define_sql_function!(fn lower(x: diesel::sql_types::Text) -> diesel::sql_types::Text);
 
 /// Inserts a user; a taken username or email is a 409 naming which.
-pub fn insert(conn: &mut PgConnection, user: &NewUser<'_>) -> Result<UserRow, AppError> {
+pub fn insert(conn: &mut PgConnection, user: &NewUser<'_>) -> Result<UserRow, DbError> {
     diesel::insert_into(users::table)
         .values(user)
         .returning(UserRow::as_returning())
         .get_result(conn)
         .map_err(
             |err| match violated_constraint(&err, DatabaseErrorKind::UniqueViolation) {
-                Some(c) if c.contains("email") => AppError::Conflict {
+                Some(c) if c.contains("email") => DbError::Conflict {
                     code: "email_taken",
                     message: "this email is already registered",
                 },
-                Some(_) => AppError::Conflict {
+                Some(_) => DbError::Conflict {
                     code: "username_taken",
                     message: "this username is taken",
                 },
@@ -32,7 +32,7 @@ pub fn insert(conn: &mut PgConnection, user: &NewUser<'_>) -> Result<UserRow, Ap
 }
 
 /// Finds a user by username (any case) or, when `login` holds an `@`, by email.
-pub fn find_by_login(conn: &mut PgConnection, login: &str) -> Result<Option<UserRow>, AppError> {
+pub fn find_by_login(conn: &mut PgConnection, login: &str) -> Result<Option<UserRow>, DbError> {
     let query = users::table.select(UserRow::as_select()).into_boxed();
     let query = if login.contains('@') {
         query.filter(users::email.eq(login.trim().to_lowercase()))
@@ -46,7 +46,7 @@ pub fn find_by_login(conn: &mut PgConnection, login: &str) -> Result<Option<User
 pub fn find_by_username(
     conn: &mut PgConnection,
     username: &str,
-) -> Result<Option<UserRow>, AppError> {
+) -> Result<Option<UserRow>, DbError> {
     Ok(users::table
         .filter(lower(users::username).eq(username.to_lowercase()))
         .select(UserRow::as_select())
@@ -55,16 +55,16 @@ pub fn find_by_username(
 }
 
 /// The id of the user with this username; 404 if there is none.
-pub fn id_by_username(conn: &mut PgConnection, username: &str) -> Result<Uuid, AppError> {
+pub fn id_by_username(conn: &mut PgConnection, username: &str) -> Result<Uuid, DbError> {
     users::table
         .filter(lower(users::username).eq(username.to_lowercase()))
         .select(users::id)
         .first(conn)
         .optional()?
-        .ok_or(AppError::NotFound("user"))
+        .ok_or(DbError::NotFound("user"))
 }
 
-pub fn profile_counts(conn: &mut PgConnection, user_id: Uuid) -> Result<ProfileCounts, AppError> {
+pub fn profile_counts(conn: &mut PgConnection, user_id: Uuid) -> Result<ProfileCounts, DbError> {
     let followers = follows::table
         .filter(follows::followee_id.eq(user_id))
         .select(count_star())
@@ -85,7 +85,7 @@ pub fn profile_counts(conn: &mut PgConnection, user_id: Uuid) -> Result<ProfileC
 }
 
 /// Follows `followee`; following twice is not an error.
-pub fn follow(conn: &mut PgConnection, follower: Uuid, followee: Uuid) -> Result<(), AppError> {
+pub fn follow(conn: &mut PgConnection, follower: Uuid, followee: Uuid) -> Result<(), DbError> {
     diesel::insert_into(follows::table)
         .values((
             follows::follower_id.eq(follower),
@@ -96,7 +96,7 @@ pub fn follow(conn: &mut PgConnection, follower: Uuid, followee: Uuid) -> Result
         .map_err(|err| {
             // The followee was deleted between the lookup and the insert.
             match violated_constraint(&err, DatabaseErrorKind::ForeignKeyViolation) {
-                Some(_) => AppError::NotFound("user"),
+                Some(_) => DbError::NotFound("user"),
                 None => err.into(),
             }
         })?;
@@ -104,7 +104,7 @@ pub fn follow(conn: &mut PgConnection, follower: Uuid, followee: Uuid) -> Result
 }
 
 /// Unfollows `followee`; unfollowing someone not followed is not an error.
-pub fn unfollow(conn: &mut PgConnection, follower: Uuid, followee: Uuid) -> Result<(), AppError> {
+pub fn unfollow(conn: &mut PgConnection, follower: Uuid, followee: Uuid) -> Result<(), DbError> {
     diesel::delete(
         follows::table
             .filter(follows::follower_id.eq(follower))
