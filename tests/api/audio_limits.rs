@@ -184,11 +184,8 @@ async fn the_quota_refuses_an_upload_before_its_body_is_stored() {
     let response = app.upload(&other, &theirs, "audio/wav", file()).await;
     assert_eq!(response.status(), StatusCode::ACCEPTED);
 
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains("requests_refused_total{reason=\"audio_quota\"} 2"),
-        "{metrics}"
-    );
+    app.assert_metrics(&["requests_refused_total{reason=\"audio_quota\"} 2"])
+        .await;
 }
 
 #[tokio::test]

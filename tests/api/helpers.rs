@@ -414,6 +414,18 @@ impl TestApp {
             .expect("request sent")
     }
 
+    /// Asserts that `/metrics` (classic text) has each of `samples` as a line of its own: a
+    /// metric, its labels and its value.
+    pub async fn assert_metrics(&self, samples: &[&str]) {
+        let metrics = self.get("/metrics").await.text().await.unwrap();
+        for sample in samples {
+            assert!(
+                metrics.lines().any(|line| line == *sample),
+                "no line {sample:?} in\n{metrics}"
+            );
+        }
+    }
+
     pub async fn get_auth(&self, path: &str, token: &str) -> Response {
         self.api
             .get(self.url(path))

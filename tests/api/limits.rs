@@ -159,11 +159,8 @@ async fn registrations_are_limited_per_client_address() {
         register("127.0.0.3", "four").await.status(),
         StatusCode::CREATED
     );
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains("requests_refused_total{reason=\"register_limit\"} 1"),
-        "{metrics}"
-    );
+    app.assert_metrics(&["requests_refused_total{reason=\"register_limit\"} 1"])
+        .await;
 }
 
 /// Forty concurrent wrong passwords with a limit of five were each verified (thirty answered
@@ -273,12 +270,9 @@ async fn no_free_hashing_slot_is_503_busy_and_counts_no_failure() {
         login(&app, "wrong").await.status(),
         StatusCode::TOO_MANY_REQUESTS
     );
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains(&format!("requests_refused_total{{reason=\"busy\"}} {busy}")),
-        "{metrics}"
-    );
-    assert!(metrics.contains("password_hash_waiting 0"), "{metrics}");
+    let refused = format!("requests_refused_total{{reason=\"busy\"}} {busy}");
+    app.assert_metrics(&[&refused, "password_hash_waiting 0"])
+        .await;
 }
 
 /// Sends a request head and the first bytes of a body that announces more, then waits; returns
@@ -357,11 +351,8 @@ async fn a_stalled_json_body_is_408_and_its_connection_closed() {
     let body: Value = serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap()).unwrap();
     assert_eq!(body["error"]["code"], "request_timeout");
     assert_eq!(body["error"]["trace_id"].as_str().unwrap().len(), 32);
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains("requests_refused_total{reason=\"body_timeout\"} 1"),
-        "{metrics}"
-    );
+    app.assert_metrics(&["requests_refused_total{reason=\"body_timeout\"} 1"])
+        .await;
 }
 
 #[tokio::test]
@@ -407,11 +398,8 @@ async fn a_huge_user_agent_is_cut_to_the_attribute_limit() {
     let recorded = root.str("user_agent.original").unwrap();
     assert_eq!(recorded.chars().count(), 4096);
     assert_eq!(recorded, "a".repeat(4096));
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains("otel_span_attributes_truncated_total 1"),
-        "{metrics}"
-    );
+    app.assert_metrics(&["otel_span_attributes_truncated_total 1"])
+        .await;
 }
 
 async fn token_works(app: &TestApp, token: &str) -> bool {
