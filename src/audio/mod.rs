@@ -12,6 +12,7 @@
 pub mod ffmpeg;
 pub mod jobs;
 pub mod storage;
+pub mod upload;
 pub mod worker;
 
 use std::sync::Arc;

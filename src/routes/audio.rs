@@ -10,19 +10,16 @@ use actix_web::body::SizedStream;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use super::auth::Authenticated;
 use super::json::{AudioJson, AudioUploadJson};
 use super::{State, parse_id};
-use crate::audio::jobs::{self, EnqueueError, NewUpload, UploadRefusal};
+use crate::audio::AudioStatus;
+use crate::audio::jobs::{self, UploadRefusal};
 use crate::audio::storage::{RangeRequest, ReceiveError, StorageError, drain, parse_range};
-use crate::audio::{ACCEPTED_TYPES, AudioStatus};
-use crate::cache::feed::FeedChange;
-use crate::db::DbError;
+use crate::audio::upload::{UploadError, UploadRequest};
 use crate::errors::{AppError, ErrorBody};
 use crate::telemetry::metrics::{self, Refusal};
-use crate::telemetry::propagation;
 
 /// The bytes of an audio file.
 #[derive(ToSchema)]
@@ -73,139 +70,63 @@ pub async fn upload(
     path: web::Path<String>,
     mut body: web::Payload,
 ) -> Result<HttpResponse, AppError> {
-    let audio = &state.audio;
-    let checked = check_upload(&state, &req, &path, me.id).await;
-    let (post_id, source_type, room) = match checked {
-        Ok(ok) => ok,
+    let post_id = match parse_id(&path, "post") {
+        Ok(id) => id,
         Err(err) => {
-            // Read a little of what the client is still sending, so that it sees this answer
-            // rather than a reset connection.
+            // As for every refusal before the body is read: the client sees the answer, not a
+            // reset connection.
             drain(&mut body).await;
             return Err(err);
         }
     };
-
-    let upload_id = Uuid::new_v4();
-    // The quota bounds the body as it streams in, like the size limit: a chunked body has no
-    // length to check beforehand.
-    let limit = audio.max_bytes.min(room);
-    let source_bytes = audio
-        .storage
-        .receive(post_id, upload_id, body, limit)
-        .await
-        .map_err(|err| match err {
-            ReceiveError::TooLarge(_) if room < audio.max_bytes => {
-                metrics::request_refused(Refusal::AudioQuota);
-                AppError::AudioQuotaExceeded {
-                    quota_bytes: audio.limits.quota_bytes,
-                }
-            }
-            ReceiveError::TooLarge(_) => AppError::PayloadTooLarge,
-            ReceiveError::Stalled => AppError::RequestTimeout,
-            ReceiveError::Interrupted(why) => AppError::bad_request(
-                "upload_interrupted",
-                format!("the upload was interrupted: {why}"),
-            ),
-            ReceiveError::Io(e) => AppError::internal("storing the upload", e),
-            ReceiveError::Storage(e) => AppError::unavailable("object_storage", e),
-        })?;
-
-    // The request's own span: the job continues this trace (CONTRACT.md §6).
-    let (traceparent, tracestate) = propagation::w3c_context_of(&tracing::Span::current())
-        .map_or((None, None), |(p, s)| (Some(p), s));
-    let new = NewUpload {
-        upload_id,
+    let media_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let declared_len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let request = UploadRequest {
+        requester: me.id,
         post_id,
-        source_type,
-        source_bytes: i64::try_from(source_bytes).unwrap_or(i64::MAX),
-        traceparent,
-        tracestate,
+        media_type,
+        declared_len,
     };
-    let requester = me.id;
-    let limits = audio.limits;
-    let queued = state
-        .db
-        .run(move |conn| jobs::enqueue(conn, requester, &new, limits))
-        .await;
-    let superseded = match queued {
-        Ok(superseded) => superseded,
-        Err(err) => {
-            remove_upload(&state, post_id, upload_id).await;
-            return Err(match err {
-                EnqueueError::Refused(refusal) => refused(refusal),
-                EnqueueError::Db(err) => err.into(),
-            });
-        }
-    };
-    if let Some(previous) = superseded {
-        remove_upload(&state, post_id, previous).await;
-    }
-    audio.job_queued();
-    // Listings show the audio's state: the author sees `pending` at once, others within the
-    // cache's TTL (as for every write).
-    state.feeds.changed(requester, FeedChange::ByWriter).await;
+    state
+        .audio
+        .upload(&state.db, &state.feeds, request, body)
+        .await
+        .map_err(upload_refused)?;
     Ok(HttpResponse::Accepted().json(AudioUploadJson {
         post_id,
         audio: AudioJson::pending(),
     }))
 }
 
-/// Removes an upload's files; a failure leaves garbage behind, not a wrong answer: logged.
-async fn remove_upload(state: &State, post: Uuid, upload: Uuid) {
-    if let Err(err) = state.audio.storage.remove_upload(post, upload).await {
-        slog::warn!(crate::telemetry::logging::logger(), "could not remove an upload's audio";
-            "post.id" => %post, "audio.upload.id" => %upload,
-            "error" => %crate::errors::ErrorChain(&err));
+/// The answer to an upload that was not queued; the limits' refusals are counted.
+fn upload_refused(err: UploadError) -> AppError {
+    match err {
+        UploadError::UnsupportedType => AppError::UnsupportedMediaType,
+        UploadError::TooLarge | UploadError::Receive(ReceiveError::TooLarge(_)) => {
+            AppError::PayloadTooLarge
+        }
+        UploadError::QuotaExceeded { quota_bytes } => refused(UploadRefusal::Quota { quota_bytes }),
+        UploadError::Refused(refusal) => refused(refusal),
+        UploadError::Receive(ReceiveError::Stalled) => AppError::RequestTimeout,
+        UploadError::Receive(ReceiveError::Interrupted(why)) => AppError::bad_request(
+            "upload_interrupted",
+            format!("the upload was interrupted: {why}"),
+        ),
+        UploadError::Receive(ReceiveError::Io(e)) => AppError::internal("storing the upload", e),
+        UploadError::Receive(ReceiveError::Storage(e)) => {
+            AppError::unavailable("object_storage", e)
+        }
+        UploadError::Db(err) => err.into(),
     }
-}
-
-/// 404, 403, 415, 429 (unfinished jobs), and a `Content-Length` past the size limit (413) or
-/// the quota (413 `audio_quota_exceeded`), before any of the body is read. Returns the post,
-/// the media type and the room left in the user's quota.
-async fn check_upload(
-    state: &State,
-    req: &HttpRequest,
-    path: &str,
-    requester: Uuid,
-) -> Result<(Uuid, String, u64), AppError> {
-    let post_id = parse_id(path, "post")?;
-    let author = state
-        .db
-        .run(move |conn| jobs::post_owner(conn, post_id))
-        .await?;
-    if author != requester {
-        return Err(AppError::Forbidden(
-            "only the author can upload a post's audio",
-        ));
-    }
-    let media_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|v| v.trim().to_ascii_lowercase())
-        .filter(|v| ACCEPTED_TYPES.contains(&v.as_str()))
-        .ok_or(AppError::UnsupportedMediaType)?;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|len| len > state.audio.max_bytes) {
-        return Err(AppError::PayloadTooLarge);
-    }
-    let held = state
-        .db
-        .run(move |conn| Ok::<_, DbError>(jobs::holdings(conn, requester, post_id)?))
-        .await?;
-    if let Some(refusal) = held.refuse(state.audio.limits, declared) {
-        return Err(refused(refusal));
-    }
-    Ok((
-        post_id,
-        media_type,
-        held.room(state.audio.limits.quota_bytes),
-    ))
 }
 
 /// The processed audio of a post, as MP3, with `Range` support.
