@@ -30,6 +30,7 @@ use crate::routes::throttle::{LoginThrottle, RegisterThrottle};
 use crate::routes::{self, AppState, BODY_LIMIT};
 use crate::telemetry::logging;
 use crate::telemetry::root_span::{SidechainRootSpan, traceresponse_header};
+use crate::writes::FeedWrites;
 
 /// Open connections one worker thread accepts before it stops accepting (actix-web's default is
 /// 25,000; with one worker per core this bounds sockets and their buffers per process).
@@ -104,6 +105,7 @@ impl Application {
         let token_purge = TokenPurge::start(&db, settings.limits.token_purge_interval);
         let draining = Draining::default();
         let state = AppState {
+            writes: FeedWrites::new(db.clone(), feeds.clone(), audio.storage.clone()),
             draining: draining.clone(),
             db,
             feeds,

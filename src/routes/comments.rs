@@ -7,7 +7,6 @@ use utoipa::ToSchema;
 use super::auth::Authenticated;
 use super::json::{CommentJson, PageJson};
 use super::{PageParams, State, parse_id};
-use crate::cache::feed::FeedChange;
 use crate::db::queries::comments;
 use crate::domain::{CommentBody, Cursor, Limit};
 use crate::errors::{AppError, ErrorBody};
@@ -41,12 +40,7 @@ pub async fn create(
 ) -> Result<HttpResponse, AppError> {
     let post_id = parse_id(&path, "post")?;
     let text = CommentBody::parse(&body.body)?.into_inner();
-    let author = me.id;
-    let comment = state
-        .db
-        .run(move |conn| comments::insert(conn, post_id, author, &text))
-        .await?;
-    state.feeds.changed(author, FeedChange::ByWriter).await;
+    let comment = state.writes.comment(post_id, me.id, text).await?;
     Ok(HttpResponse::Created().json(CommentJson::from(comment)))
 }
 

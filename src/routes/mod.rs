@@ -46,6 +46,8 @@ pub struct AppState {
     pub password_hashing: hashing::PasswordHashing,
     /// `TOKEN_MAX_PER_USER`.
     pub token_max_per_user: u32,
+    /// The writes that change feeds, each with its feed change.
+    pub writes: crate::writes::FeedWrites,
     /// Set once the process is stopping: `/ready` fails.
     pub draining: health::Draining,
 }

@@ -7,10 +7,10 @@ use utoipa::ToSchema;
 use super::auth::Authenticated;
 use super::json::PostJson;
 use super::{State, parse_id};
-use crate::cache::feed::FeedChange;
 use crate::db::queries::posts;
 use crate::domain::PostDraft;
 use crate::errors::{AppError, ErrorBody};
+use crate::writes::Toggle;
 
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreatePostRequest {
@@ -55,12 +55,7 @@ pub async fn create(
         b.genre.as_deref(),
         b.tags.as_deref(),
     )?;
-    let author = me.id;
-    let post = state
-        .db
-        .run(move |conn| posts::insert(conn, author, &draft))
-        .await?;
-    state.feeds.changed(author, FeedChange::NewPost).await;
+    let post = state.writes.create_post(me.id, draft).await?;
     let json = PostJson::from(post);
     Ok(HttpResponse::Created()
         .insert_header((
@@ -107,20 +102,7 @@ pub async fn delete(
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = parse_id(&path, "post")?;
-    let requester = me.id;
-    state
-        .db
-        .run(move |conn| posts::delete(conn, id, requester))
-        .await?;
-    // The rows are gone (jobs with them); a worker still busy with one finds it lost.
-    if let Err(err) = state.audio.storage.remove_post(id).await {
-        slog::warn!(crate::telemetry::logging::logger(), "could not remove a deleted post's audio";
-            "post.id" => %id, "error" => %crate::errors::ErrorChain(&err));
-    }
-    state
-        .feeds
-        .changed(requester, FeedChange::DeletedPost)
-        .await;
+    state.writes.delete_post(id, me.id).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -142,14 +124,7 @@ pub async fn like(
     me: Authenticated,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = parse_id(&path, "post")?;
-    let user = me.id;
-    state
-        .db
-        .run(move |conn| posts::like(conn, id, user))
-        .await?;
-    state.feeds.changed(user, FeedChange::ByWriter).await;
-    Ok(HttpResponse::NoContent().finish())
+    set_like(state, me, path, Toggle::On).await
 }
 
 /// Removes a like; removing it again changes nothing.
@@ -170,12 +145,17 @@ pub async fn unlike(
     me: Authenticated,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
+    set_like(state, me, path, Toggle::Off).await
+}
+
+/// Like and unlike: one shape, idempotent either way.
+async fn set_like(
+    state: State,
+    me: Authenticated,
+    path: web::Path<String>,
+    toggle: Toggle,
+) -> Result<HttpResponse, AppError> {
     let id = parse_id(&path, "post")?;
-    let user = me.id;
-    state
-        .db
-        .run(move |conn| posts::unlike(conn, id, user))
-        .await?;
-    state.feeds.changed(user, FeedChange::ByWriter).await;
+    state.writes.like(me.id, id, toggle).await?;
     Ok(HttpResponse::NoContent().finish())
 }

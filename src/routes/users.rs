@@ -5,11 +5,11 @@ use actix_web::{HttpResponse, web};
 use super::auth::Authenticated;
 use super::json::{PageJson, PostJson, ProfileJson};
 use super::{PageParams, State};
-use crate::cache::feed::FeedChange;
 use crate::db::queries::feed::{self, Authors};
 use crate::db::queries::users;
 use crate::domain::{Cursor, Limit, Username};
 use crate::errors::{AppError, ErrorBody};
+use crate::writes::{FollowError, Toggle};
 
 /// A username from the path; one that cannot exist is simply not found.
 fn path_username(raw: &str) -> Result<Username, AppError> {
@@ -90,23 +90,7 @@ pub async fn follow(
     me: Authenticated,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let username = path_username(&path)?;
-    let me_id = me.id;
-    state
-        .db
-        .run(move |conn| {
-            let followee = users::id_by_username(conn, username.as_str())?;
-            if followee == me_id {
-                return Err(AppError::bad_request(
-                    "cannot_follow_self",
-                    "you cannot follow yourself",
-                ));
-            }
-            Ok(users::follow(conn, me_id, followee)?)
-        })
-        .await?;
-    state.feeds.changed(me_id, FeedChange::ByWriter).await;
-    Ok(HttpResponse::NoContent().finish())
+    set_follow(state, me, path, Toggle::On).await
 }
 
 /// Stops following a user; unfollowing someone not followed changes nothing.
@@ -127,15 +111,26 @@ pub async fn unfollow(
     me: Authenticated,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let username = path_username(&path)?;
-    let me_id = me.id;
+    set_follow(state, me, path, Toggle::Off).await
+}
+
+/// Follow and unfollow: one shape, idempotent either way.
+async fn set_follow(
+    state: State,
+    me: Authenticated,
+    path: web::Path<String>,
+    toggle: Toggle,
+) -> Result<HttpResponse, AppError> {
+    let followee = path_username(&path)?;
     state
-        .db
-        .run(move |conn| {
-            let followee = users::id_by_username(conn, username.as_str())?;
-            users::unfollow(conn, me_id, followee)
-        })
-        .await?;
-    state.feeds.changed(me_id, FeedChange::ByWriter).await;
+        .writes
+        .follow(me.id, followee, toggle)
+        .await
+        .map_err(|err| match err {
+            FollowError::Yourself => {
+                AppError::bad_request("cannot_follow_self", "you cannot follow yourself")
+            }
+            FollowError::Db(err) => err.into(),
+        })?;
     Ok(HttpResponse::NoContent().finish())
 }
