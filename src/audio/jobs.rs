@@ -303,7 +303,7 @@ pub fn open_jobs(conn: &mut PgConnection) -> QueryResult<i64> {
 }
 
 /// The row of a job as this claim holds it: running, at this attempt.
-type ThisClaim = diesel::dsl::Filter<
+type ClaimedJobRow = diesel::dsl::Filter<
     audio_jobs::table,
     diesel::dsl::And<
         diesel::dsl::And<
@@ -314,7 +314,7 @@ type ThisClaim = diesel::dsl::Filter<
     >,
 >;
 
-fn this_claim(job: &ClaimedJob) -> ThisClaim {
+fn claimed_job_row(job: &ClaimedJob) -> ClaimedJobRow {
     audio_jobs::table.filter(
         audio_jobs::id
             .eq(job.id)
@@ -324,12 +324,12 @@ fn this_claim(job: &ClaimedJob) -> ThisClaim {
 }
 
 /// The job's post, while this job's upload is still the post's.
-type ThisUpload = diesel::dsl::Filter<
+type UploadPostRow = diesel::dsl::Filter<
     diesel::dsl::Find<posts::table, Uuid>,
     diesel::dsl::Eq<posts::audio_upload_id, Uuid>,
 >;
 
-fn this_upload(job: &ClaimedJob) -> ThisUpload {
+fn upload_post_row(job: &ClaimedJob) -> UploadPostRow {
     posts::table
         .find(job.post_id)
         .filter(posts::audio_upload_id.eq(job.id))
@@ -352,7 +352,7 @@ pub fn renew(conn: &mut PgConnection, job: &ClaimedJob, lease: Duration) -> Quer
 
 /// Marks the post `processing`; `false` when the post has moved on to another upload.
 pub fn start(conn: &mut PgConnection, job: &ClaimedJob) -> QueryResult<bool> {
-    diesel::update(this_upload(job))
+    diesel::update(upload_post_row(job))
         .set(posts::audio_status.eq(AudioStatus::Processing.as_str()))
         .execute(conn)
         .map(|n| n == 1)
@@ -390,7 +390,7 @@ fn lock_post(conn: &mut PgConnection, post_id: Uuid) -> QueryResult<bool> {
 }
 
 /// One write of a claimed job and then of its post, in one transaction, the post's row locked
-/// first ([`lock_post`]). `job_write` updates [`this_claim`] and returns the rows it changed;
+/// first ([`lock_post`]). `job_write` updates [`claimed_job_row`] and returns the rows it changed;
 /// when that is none (or the post is gone) the job is no longer this claim's, and `post_write`
 /// is not run.
 fn write_claimed(
@@ -418,7 +418,7 @@ pub fn finish(
         conn,
         job,
         |conn| {
-            diesel::update(this_claim(job))
+            diesel::update(claimed_job_row(job))
                 .set((
                     audio_jobs::state.eq("done"),
                     audio_jobs::leased_until.eq(None::<DateTime<Utc>>),
@@ -429,7 +429,7 @@ pub fn finish(
         },
         |conn| {
             let waveform: Vec<Option<f32>> = processed.waveform.iter().copied().map(Some).collect();
-            diesel::update(this_upload(job))
+            diesel::update(upload_post_row(job))
                 .set((
                     posts::audio_status.eq(AudioStatus::Ready.as_str()),
                     posts::audio_duration_ms.eq(processed.probe.duration_ms),
@@ -468,7 +468,7 @@ pub fn fail(
         conn,
         job,
         |conn| {
-            diesel::update(this_claim(job))
+            diesel::update(claimed_job_row(job))
                 .set((
                     audio_jobs::state.eq(state),
                     audio_jobs::leased_until.eq(not_before),
@@ -478,7 +478,7 @@ pub fn fail(
                 .execute(conn)
         },
         |conn| {
-            diesel::update(this_upload(job))
+            diesel::update(upload_post_row(job))
                 .set((
                     posts::audio_status.eq(post_status.as_str()),
                     posts::audio_error.eq((!retry).then_some(reason)),
@@ -495,7 +495,7 @@ pub fn release(conn: &mut PgConnection, job: &ClaimedJob) -> Result<Written, DbE
         conn,
         job,
         |conn| {
-            diesel::update(this_claim(job))
+            diesel::update(claimed_job_row(job))
                 .set((
                     audio_jobs::state.eq("queued"),
                     audio_jobs::attempts.eq(job.attempts - 1),
@@ -505,7 +505,7 @@ pub fn release(conn: &mut PgConnection, job: &ClaimedJob) -> Result<Written, DbE
                 .execute(conn)
         },
         |conn| {
-            diesel::update(this_upload(job))
+            diesel::update(upload_post_row(job))
                 .set(posts::audio_status.eq(AudioStatus::Pending.as_str()))
                 .execute(conn)
         },

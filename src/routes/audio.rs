@@ -12,7 +12,7 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa::ToSchema;
 
 use super::auth::Authenticated;
-use super::json::{AudioJson, AudioUploadJson};
+use super::views::{AudioJson, AudioUploadJson};
 use super::{State, parse_id};
 use crate::audio::AudioStatus;
 use crate::audio::jobs::{self, UploadRefusal};

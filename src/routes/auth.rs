@@ -8,8 +8,8 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::State;
-use super::json::{AccountJson, AuthJson};
 use super::throttle::{Account, Admission};
+use super::views::{AccountJson, AuthJson};
 use crate::client_address::{ClientAddress, TrustedProxies};
 use crate::db::DbError;
 use crate::db::models::NewUser;

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Authenticated;
-use super::json::{CommentJson, PageJson};
+use super::views::{CommentJson, PageJson};
 use super::{PageParams, State, parse_id};
 use crate::db::queries::comments;
 use crate::domain::{CommentBody, Cursor, Limit};

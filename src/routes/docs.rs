@@ -19,7 +19,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::BODY_LIMIT;
-use super::{audio, auth, comments, feed, health, json, posts, search, users};
+use super::{audio, auth, comments, feed, health, posts, search, users, views};
 use crate::domain::FeedKind;
 use crate::domain::rules::{self, IntRule, TextRule};
 use crate::errors::{ErrorBody, ErrorDetail};
@@ -54,16 +54,16 @@ use crate::errors::{ErrorBody, ErrorDetail};
     components(schemas(
         ErrorBody,
         ErrorDetail,
-        json::AccountJson,
-        json::AuthJson,
-        json::ProfileJson,
-        json::AuthorJson,
-        json::PostJson,
-        json::CommentJson,
-        json::FeedJson,
-        json::SearchJson,
-        json::AudioJson,
-        json::AudioUploadJson,
+        views::AccountJson,
+        views::AuthJson,
+        views::ProfileJson,
+        views::AuthorJson,
+        views::PostJson,
+        views::CommentJson,
+        views::FeedJson,
+        views::SearchJson,
+        views::AudioJson,
+        views::AudioUploadJson,
         crate::audio::AudioStatus,
         audio::AudioFile,
     )),

@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use super::State;
 use super::auth::Authenticated;
-use super::json::{FeedJson, PostJson};
+use super::views::{FeedJson, PostJson};
 use crate::cache::feed::{Lookup, PageKey};
 use crate::db::models::PostWithAuthor;
 use crate::db::queries::Page;

@@ -9,12 +9,12 @@ pub mod docs;
 pub mod feed;
 pub mod hashing;
 pub mod health;
-pub mod json;
 pub mod posts;
 pub mod search;
 pub mod throttle;
 pub mod tracecontext;
 pub mod users;
+pub mod views;
 
 use std::time::Duration;
 

@@ -5,7 +5,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::auth::Authenticated;
-use super::json::PostJson;
+use super::views::PostJson;
 use super::{State, parse_id};
 use crate::db::queries::posts;
 use crate::domain::PostDraft;

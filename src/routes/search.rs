@@ -12,7 +12,7 @@ use tracing::field::Empty;
 use utoipa::IntoParams;
 
 use super::State;
-use super::json::{AuthorJson, PostJson, SearchJson};
+use super::views::{AuthorJson, PostJson, SearchJson};
 use crate::db::DbError;
 use crate::db::queries::feed::by_ids;
 use crate::db::queries::posts::invalid_cursor;

@@ -3,7 +3,7 @@
 use actix_web::{HttpResponse, web};
 
 use super::auth::Authenticated;
-use super::json::{PageJson, PostJson, ProfileJson};
+use super::views::{PageJson, PostJson, ProfileJson};
 use super::{PageParams, State};
 use crate::db::queries::feed::{self, Authors};
 use crate::db::queries::users;

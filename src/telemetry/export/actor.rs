@@ -1,7 +1,7 @@
 //! `SpanExportActor`: the one owner of the export queue, on its own thread.
 //!
 //! ```text
-//!   Enqueue(spans) ──────────┐ (try_send from on_end, a chunk at a time; see Staging)
+//!   Enqueue(spans) ──────────┐ (try_send from on_end, a chunk at a time; see HandoffBuffer)
 //!   Flush(reply)/Shutdown ───┤ (do_send: control is never dropped)
 //!                            ▼
 //!   ┌──────────────── SpanExportActor (own System, own thread) ─────────────────┐
@@ -14,7 +14,7 @@
 //!
 //! Nothing that could still be delivered is dropped: a body whose retries reach the per-batch
 //! deadline goes back to the front of `pending` and is tried again. What bounds memory is the
-//! [`QueueGauge`]: it counts every span the exporter holds (mailbox, queue, pending, in
+//! [`HeldCount`]: it counts every span the exporter holds (mailbox, queue, pending, in
 //! flight), and the processor drops new spans when it is full. Spans are only given up when
 //! the endpoint refuses them (`dropped_rejected`) or at the shutdown deadline (`failed`).
 //!
@@ -43,13 +43,14 @@ use super::transport::{Delivery, Transport};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, SpanOutcome};
 
-/// Spans held by the exporter: in the mailbox, queued, pending or in flight. The processor
+/// How many spans (or log records) the exporter holds: in the mailbox, queued, pending or in
+/// flight; a bound's permit counter. The processor
 /// reserves a place before sending and the actor releases it when the span's fate is settled,
 /// so the bound covers everything the exporter holds.
 #[derive(Debug, Default)]
-pub struct QueueGauge(AtomicUsize);
+pub struct HeldCount(AtomicUsize);
 
-impl QueueGauge {
+impl HeldCount {
     /// Takes a place if fewer than `max` are held.
     pub fn try_reserve(&self, max: usize) -> bool {
         self.0
@@ -77,12 +78,12 @@ impl QueueGauge {
 /// left on each timer tick and before a flush or shutdown. The lock is only ever tried: a
 /// caller that finds it taken sends its span alone instead of waiting.
 #[derive(Debug)]
-pub struct Staging {
+pub struct HandoffBuffer {
     spans: Mutex<Vec<SpanData>>,
     chunk: usize,
 }
 
-impl Staging {
+impl HandoffBuffer {
     pub fn new(chunk: usize) -> Self {
         Self {
             spans: Mutex::new(Vec::with_capacity(chunk)),
@@ -124,9 +125,10 @@ impl Staging {
 #[rtype(result = "()")]
 pub struct Enqueue {
     pub spans: Vec<SpanData>,
-    /// A full chunk taken from [`Staging`] (what is staged now ended after it), rather than a
-    /// span sent alone because the staging buffer was busy (what is staged now ended before it).
-    pub chunk: bool,
+    /// The whole [`HandoffBuffer`], taken when full (what is buffered now ended after these
+    /// spans), rather than a span sent alone because the buffer was busy (what is buffered now
+    /// ended before it). Tail sampling wants children before their root, so the order matters.
+    pub full_buffer: bool,
 }
 
 /// A log record for the logs queue (`export::logs`).
@@ -139,8 +141,8 @@ pub struct EnqueueLog(pub LogRecord);
 /// that neither signal waits for the other.
 pub struct LogExport {
     transport: Rc<Transport>,
-    /// Records held (mailbox, queue, pending, in flight), as [`QueueGauge`] for spans.
-    gauge: Arc<QueueGauge>,
+    /// Records held (mailbox, queue, pending, in flight), as [`HeldCount`] for spans.
+    gauge: Arc<HeldCount>,
     batch: usize,
     resource: ProtoResource,
     queue: VecDeque<LogRecord>,
@@ -151,7 +153,7 @@ pub struct LogExport {
 impl LogExport {
     pub fn new(
         transport: Transport,
-        gauge: Arc<QueueGauge>,
+        gauge: Arc<HeldCount>,
         batch: usize,
         resource: ProtoResource,
     ) -> Self {
@@ -238,8 +240,8 @@ pub struct SpanExportActor {
     config: BatchConfig,
     encoder: Box<dyn EncodeSpans>,
     transport: Rc<Transport>,
-    gauge: Arc<QueueGauge>,
-    staging: Arc<Staging>,
+    gauge: Arc<HeldCount>,
+    staging: Arc<HandoffBuffer>,
     queue: VecDeque<SpanData>,
     /// Holds spans until their trace is decided, when tail sampling is on.
     tail: Option<TailSampler>,
@@ -265,8 +267,8 @@ impl SpanExportActor {
         config: BatchConfig,
         encoder: Box<dyn EncodeSpans>,
         transport: Transport,
-        gauge: Arc<QueueGauge>,
-        staging: Arc<Staging>,
+        gauge: Arc<HeldCount>,
+        staging: Arc<HandoffBuffer>,
         tail: Option<TailSampler>,
         logs: Option<LogExport>,
     ) -> Self {
@@ -634,7 +636,7 @@ impl Handler<Enqueue> for SpanExportActor {
     fn handle(&mut self, msg: Enqueue, ctx: &mut Self::Context) {
         // The tail sampler decides on a trace's root, so it wants children first: a span sent
         // alone ended after what is staged now, so that goes in first.
-        if self.tail.is_some() && !msg.chunk {
+        if self.tail.is_some() && !msg.full_buffer {
             self.accept_staged();
         }
         self.accept(msg.spans);

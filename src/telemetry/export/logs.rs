@@ -28,13 +28,13 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue};
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
 use slog::{Drain, KV, Level, OwnedKVList, Record, Serializer};
 
-use super::actor::{EnqueueLog, QueueGauge, SpanExportActor};
+use super::actor::{EnqueueLog, HeldCount, SpanExportActor};
 use crate::telemetry::metrics::{self, SpanOutcome};
 
 /// Where the drain hands records, once the exporter runs.
 struct Handoff {
     addr: Addr<SpanExportActor>,
-    gauge: Arc<QueueGauge>,
+    gauge: Arc<HeldCount>,
     max_queue_size: usize,
     warned_full: AtomicBool,
 }
@@ -42,7 +42,7 @@ struct Handoff {
 static HANDOFF: OnceLock<Handoff> = OnceLock::new();
 
 /// Connects the drain to the running exporter (`export::start`).
-pub(super) fn connect(addr: Addr<SpanExportActor>, gauge: Arc<QueueGauge>, max_queue_size: usize) {
+pub(super) fn connect(addr: Addr<SpanExportActor>, gauge: Arc<HeldCount>, max_queue_size: usize) {
     let _ = HANDOFF.set(Handoff {
         addr,
         gauge,

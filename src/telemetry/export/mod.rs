@@ -35,7 +35,7 @@ pub use tail::{
 pub use transport::{RetryPolicy, STOPPING_RETRY};
 
 use crate::telemetry::config::TelemetrySettings;
-use actor::{QueueGauge, SpanExportActor, Staging};
+use actor::{HandoffBuffer, HeldCount, SpanExportActor};
 use transport::Transport;
 
 /// The exporter could not start.
@@ -134,7 +134,7 @@ pub fn start(
         None => None,
         Some(export) => Some((
             Transport::to(settings, export.endpoint.clone(), options.retry)?,
-            Arc::new(QueueGauge::default()),
+            Arc::new(HeldCount::default()),
             export.max_export_batch_size,
             proto_resource(resource),
             export.max_queue_size,
@@ -143,8 +143,8 @@ pub fn start(
     let log_gauge = logs
         .as_ref()
         .map(|(_, gauge, _, _, max)| (Arc::clone(gauge), *max));
-    let gauge = Arc::new(QueueGauge::default());
-    let staging = Arc::new(Staging::new(
+    let gauge = Arc::new(HeldCount::default());
+    let staging = Arc::new(HandoffBuffer::new(
         STAGING_CHUNK.min(settings.max_export_batch_size),
     ));
     let max_queue_size = settings.max_queue_size;

@@ -2,7 +2,7 @@
 //!
 //! `on_end` is on the request path, so it does the least possible: check the queue bound (one
 //! atomic), stage the span, and `try_send` a chunk of staged spans to the actor when one is
-//! full (see [`Staging`] for why chunks). It never waits: when the exporter holds
+//! full (see [`HandoffBuffer`] for why chunks). It never waits: when the exporter holds
 //! `OTEL_BSP_MAX_QUEUE_SIZE` spans, the span is dropped, counted, and the first drop is logged.
 //! Flush and shutdown are messages carrying their reply channel; only they wait, and only for a
 //! bounded time. With tail sampling on it also marks the trace of a failed span (a few atomic
@@ -19,7 +19,9 @@ use opentelemetry::trace::Status;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
-use super::actor::{Enqueue, Flush, FlushReport, QueueGauge, Shutdown, SpanExportActor, Staging};
+use super::actor::{
+    Enqueue, Flush, FlushReport, HandoffBuffer, HeldCount, Shutdown, SpanExportActor,
+};
 use super::tail::RootDecider;
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, SpanOutcome};
@@ -28,8 +30,8 @@ use crate::telemetry::metrics::{self, SpanOutcome};
 #[derive(Debug)]
 pub struct ActorSpanProcessor {
     addr: Addr<SpanExportActor>,
-    gauge: Arc<QueueGauge>,
-    staging: Arc<Staging>,
+    gauge: Arc<HeldCount>,
+    staging: Arc<HandoffBuffer>,
     max_queue_size: usize,
     flush_timeout: Duration,
     warned_full: AtomicBool,
@@ -42,8 +44,8 @@ pub struct ActorSpanProcessor {
 impl ActorSpanProcessor {
     pub(super) fn new(
         addr: Addr<SpanExportActor>,
-        gauge: Arc<QueueGauge>,
-        staging: Arc<Staging>,
+        gauge: Arc<HeldCount>,
+        staging: Arc<HandoffBuffer>,
         max_queue_size: usize,
         flush_timeout: Duration,
         thread: JoinHandle<()>,
@@ -109,13 +111,20 @@ impl SpanProcessor for ActorSpanProcessor {
             self.drop_full(1);
             return;
         }
-        let (send, chunk) = match self.staging.push(span) {
+        let (send, full_buffer) = match self.staging.push(span) {
             Ok(None) => return,
-            Ok(Some(chunk)) => (chunk, true),
+            Ok(Some(full)) => (full, true),
             Err(span) => (vec![span], false),
         };
         let spans = send.len();
-        if self.addr.try_send(Enqueue { spans: send, chunk }).is_err() {
+        if self
+            .addr
+            .try_send(Enqueue {
+                spans: send,
+                full_buffer,
+            })
+            .is_err()
+        {
             self.gauge.release(spans);
             self.drop_full(spans);
         }

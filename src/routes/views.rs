@@ -1,4 +1,4 @@
-//! The JSON shapes of responses (CONTRACT.md §2).
+//! Response views: the JSON shapes of responses (CONTRACT.md §2), built from database rows.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
