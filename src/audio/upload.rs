@@ -21,7 +21,7 @@ use super::{ACCEPTED_TYPES, AudioService};
 use crate::cache::feed::{FeedCache, FeedChange};
 use crate::db::{Db, DbError};
 use crate::errors::ErrorChain;
-use crate::telemetry::{logging, propagation};
+use crate::telemetry::{handoff, logging};
 
 /// What the request says of an upload, besides its body.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ impl AudioService {
             })?;
 
         // The request's own span: the job continues this trace (CONTRACT.md §6).
-        let (traceparent, tracestate) = propagation::w3c_context_of(&tracing::Span::current())
+        let (traceparent, tracestate) = handoff::w3c_context_of(&tracing::Span::current())
             .map_or((None, None), |(p, s)| (Some(p), s));
         let new = NewUpload {
             upload_id,

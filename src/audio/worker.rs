@@ -50,7 +50,7 @@ use crate::config::AudioSettings;
 use crate::db::{Db, DbError};
 use crate::errors::ErrorChain;
 use crate::telemetry::metrics::{self, AudioJobOutcome, AudioStage};
-use crate::telemetry::{logging, propagation};
+use crate::telemetry::{handoff, logging};
 
 /// How often an idle worker looks for a job (module doc).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -213,7 +213,7 @@ impl Worker {
         );
         if let Some(traceparent) = &job.traceparent {
             // Before the span is first entered: that is when its OpenTelemetry parent is fixed.
-            let _ = span.set_parent(propagation::context_from_w3c(
+            let _ = span.set_parent(handoff::context_from_w3c(
                 traceparent,
                 job.tracestate.as_deref(),
             ));

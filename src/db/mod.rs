@@ -28,8 +28,8 @@ use url::Url;
 
 use crate::config::DatabaseSettings;
 use crate::telemetry::db::{DbTarget, QueryInstrumentation};
+use crate::telemetry::handoff::spawn_blocking_in_span;
 use crate::telemetry::logging;
-use crate::telemetry::propagation::spawn_blocking_in_span;
 
 pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 

@@ -10,10 +10,12 @@
 //! With `OTEL_ENABLED=false` there is no OpenTelemetry layer and no exporter: spans are never
 //! created as OpenTelemetry spans, logs and metrics work as usual.
 
+pub mod access_log;
 pub mod config;
 pub mod db;
 pub mod end_at_close;
 pub mod export;
+pub mod handoff;
 pub mod limits;
 pub mod logging;
 pub mod metrics;

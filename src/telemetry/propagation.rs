@@ -4,10 +4,8 @@
 //!   `traceparent` yields an empty context, so the request starts a new trace.
 //! - Outgoing: [`inject`] writes the headers of a span into a `reqwest` request.
 //! - Back to the caller: [`traceresponse`] formats the W3C `traceresponse` header.
-//! - Into storage and back: [`w3c_context_of`] and [`context_from_w3c`], for background jobs that
-//!   continue the trace of the request that enqueued them.
-//! - Across threads: [`spawn_blocking_in_span`] carries `Span::current()` onto the blocking pool,
-//!   so Diesel's query spans stay children of the request span.
+//!
+//! Work that continues a trace elsewhere (another thread, a stored job) is in `handoff`.
 //!
 //! The SDK's `TraceContextPropagator` builds and writes the span contexts, but it is laxer and
 //! older than the W3C rules in a few places, so the rules it misses are applied around it (the
@@ -46,8 +44,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 static PROPAGATOR: std::sync::LazyLock<TraceContextPropagator> =
     std::sync::LazyLock::new(TraceContextPropagator::new);
 
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
+pub(crate) const TRACEPARENT: &str = "traceparent";
+pub(crate) const TRACESTATE: &str = "tracestate";
 
 /// Length of a version-00 `traceparent`, and of the part of a future version we may parse.
 const TRACEPARENT_LEN: usize = 55;
@@ -80,7 +78,7 @@ pub fn inject(span: &tracing::Span, headers: &mut reqwest::header::HeaderMap) {
     inject_context(&span.context(), headers);
 }
 
-fn inject_context(cx: &Context, headers: &mut reqwest::header::HeaderMap) {
+pub(crate) fn inject_context(cx: &Context, headers: &mut reqwest::header::HeaderMap) {
     let span_ref = cx.span();
     let sc = span_ref.span_context();
     if !sc.is_valid() {
@@ -94,37 +92,6 @@ fn inject_context(cx: &Context, headers: &mut reqwest::header::HeaderMap) {
     {
         injector.set(TRACESTATE, received.header.clone());
     }
-}
-
-/// The W3C context naming `span` as a stored job keeps it: `(traceparent, tracestate)`, the
-/// values [`inject`] would send; `None` when the span is not part of a trace.
-pub fn w3c_context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
-    let mut headers = reqwest::header::HeaderMap::new();
-    inject_context(&span.context(), &mut headers);
-    let value = |name| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    Some((value(TRACEPARENT)?, value(TRACESTATE)))
-}
-
-/// The context that stored W3C values name (the inverse of [`w3c_context_of`]), checked by the
-/// same rules as an incoming request's headers; empty when `traceparent` is invalid.
-pub fn context_from_w3c(traceparent: &str, tracestate: Option<&str>) -> Context {
-    use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
-    let mut headers = HeaderMap::new();
-    let mut put = |name: &'static str, value: &str| {
-        if let Ok(value) = HeaderValue::from_str(value) {
-            headers.insert(HeaderName::from_static(name), value);
-        }
-    };
-    put(TRACEPARENT, traceparent);
-    if let Some(state) = tracestate {
-        put(TRACESTATE, state);
-    }
-    extract_parent(&headers)
 }
 
 /// The span context of the current tracing span, if it is part of a trace.
@@ -157,16 +124,6 @@ pub fn traceresponse(sc: &SpanContext, sampled: bool) -> String {
         sc.span_id(),
         sc.trace_flags().with_sampled(sampled).to_u8()
     )
-}
-
-/// Runs `f` on the blocking pool inside the caller's current span.
-pub fn spawn_blocking_in_span<F, R>(f: F) -> tokio::task::JoinHandle<R>
-where
-    F: FnOnce() -> R + Send + 'static,
-    R: Send + 'static,
-{
-    let span = tracing::Span::current();
-    tokio::task::spawn_blocking(move || span.in_scope(f))
 }
 
 /// The `tracestate` list received with a trace, as it goes out again (module doc).
@@ -342,6 +299,8 @@ impl Injector for ReqwestHeaders<'_> {
 #[cfg(test)]
 mod tests {
     use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
+    // The stored form of a context is `handoff`'s, by this module's rules: tested with them.
+    use crate::telemetry::handoff::context_from_w3c;
     use opentelemetry::trace::{SpanId, TraceFlags, TraceState, TracerProvider as _};
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing_subscriber::layer::SubscriberExt;

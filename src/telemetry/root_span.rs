@@ -1,4 +1,5 @@
-//! The SERVER span of every request, its access line and its latency observation.
+//! The SERVER span of every request, and its latency observation; its access line is written
+//! by `access_log` from what the span's end knows.
 //!
 //! [`SidechainRootSpan`] plugs into `tracing-actix-web`'s `TracingLogger`:
 //!
@@ -32,7 +33,8 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::client_address::{ClientAddress, TrustedProxies};
-use crate::telemetry::{export, limits, logging, metrics, propagation};
+use crate::telemetry::access_log::{self, AccessLine};
+use crate::telemetry::{export, limits, metrics, propagation};
 
 /// Our `RootSpanBuilder`: contract names (CONTRACT.md §3) on the SERVER span.
 pub struct SidechainRootSpan;
@@ -185,16 +187,16 @@ impl RootSpanBuilder for SidechainRootSpan {
             Some(route) => Cow::Owned(route.clone()),
             None => Cow::Borrowed(UNMATCHED),
         };
-        slog::info!(logging::logger(), "request completed";
-            "method" => start.method,
-            "route" => &*route_label,
-            "path" => request.path(),
-            "status" => status.as_u16(),
-            "duration_ms" => (elapsed.as_secs_f64() * 1e6).round() / 1e3,
-            "user_id" => UserId(user),
-            "client_address" => start.client.map(|c| c.to_string()),
-            "trace_sampled" => TraceSampled(sampled),
-        );
+        access_log::write(&AccessLine {
+            method: start.method,
+            route: &route_label,
+            path: request.path(),
+            status: status.as_u16(),
+            elapsed,
+            user,
+            client: start.client,
+            trace_sampled: sampled,
+        });
         metrics::http_request(
             start.method,
             route_label,
@@ -225,40 +227,6 @@ fn trace_sampled(root: &Span, sc: &SpanContext, failed: bool, elapsed: Duration)
         decision.map_or(export::TAIL_DROPPED, export::TailReason::as_str),
     );
     decision.is_some()
-}
-
-/// `trace_sampled` of the access line: present only when the request is traced.
-struct TraceSampled(Option<bool>);
-
-impl slog::Value for TraceSampled {
-    fn serialize(
-        &self,
-        _: &slog::Record<'_>,
-        key: slog::Key,
-        serializer: &mut dyn slog::Serializer,
-    ) -> slog::Result {
-        match self.0 {
-            Some(sampled) => serializer.emit_bool(key, sampled),
-            None => Ok(()),
-        }
-    }
-}
-
-/// `user_id` of the access line: present only when the request was authenticated.
-struct UserId(Option<Uuid>);
-
-impl slog::Value for UserId {
-    fn serialize(
-        &self,
-        _: &slog::Record<'_>,
-        key: slog::Key,
-        serializer: &mut dyn slog::Serializer,
-    ) -> slog::Result {
-        match self.0 {
-            Some(id) => serializer.emit_arguments(key, &format_args!("{id}")),
-            None => Ok(()),
-        }
-    }
 }
 
 /// Records the authenticated user on the request's root span and access line.
