@@ -189,6 +189,22 @@ pub(crate) fn files_in(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Waits, at most `within`, until the files in `dir` satisfy `pred` (files are removed after
+/// the database says the job ended); returns them.
+pub(crate) async fn files_when(
+    what: &str,
+    dir: &Path,
+    within: Duration,
+    pred: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    poll_within(what, within, || {
+        let files = files_in(dir);
+        let done = pred(&files);
+        async move { done.then_some(files) }
+    })
+    .await
+}
+
 /// `span`'s ancestors, nearest first, among `spans`.
 fn ancestors<'a>(span: &ReceivedSpan, spans: &'a [ReceivedSpan]) -> Vec<&'a ReceivedSpan> {
     let by_id: HashMap<&str, &ReceivedSpan> =
@@ -651,13 +667,11 @@ async fn a_second_upload_supersedes_the_first_and_delete_removes_the_files() {
     // Only the second upload's MP3 is left: the first upload's files went when it was
     // superseded, the second's source once it was ready.
     let dir = app.post_dir(id);
-    let files = poll_within(
+    let files = files_when(
         "the first upload's files removed",
+        &dir,
         Duration::from_secs(10),
-        || {
-            let files = files_in(&dir);
-            async move { (files.len() == 1).then_some(files) }
-        },
+        |files| files.len() == 1,
     )
     .await;
     assert!(files[0].ends_with(".mp3"), "{files:?}");
@@ -1128,10 +1142,12 @@ async fn a_stage_past_its_timeout_is_killed_and_the_job_fails() {
     // Its partial output is gone, and so is the source: a job failed for good never reads it
     // again, and it would hold the author's quota.
     let dir = app.post_dir(id);
-    poll_within("the job's files removed", Duration::from_secs(5), || {
-        let files = files_in(&dir);
-        async move { files.is_empty().then_some(()) }
-    })
+    files_when(
+        "the job's files removed",
+        &dir,
+        Duration::from_secs(5),
+        |files| files.is_empty(),
+    )
     .await;
 }
 

@@ -10,7 +10,7 @@ use reqwest::StatusCode;
 use sidechain::audio::jobs;
 use uuid::Uuid;
 
-use crate::audio::{chunked_put, count, files_in, silence_wav, sine_wav};
+use crate::audio::{chunked_put, count, files_in, files_when, silence_wav, sine_wav};
 use crate::helpers::{STATUS_ERROR, TestApp, TestUser, assert_error, poll_within, spawn_app_with};
 
 /// `seconds` of silence (1 s looped), 8 kHz mono, as FLAC: a few KB per hour, so an upload
@@ -83,10 +83,12 @@ async fn an_hour_of_audio_fails_too_long_in_the_probe_stage() {
     );
     // Nothing of it is kept.
     let dir = app.post_dir(&id);
-    poll_within("the source removed", Duration::from_secs(5), || {
-        let files = files_in(&dir);
-        async move { files.is_empty().then_some(()) }
-    })
+    files_when(
+        "the source removed",
+        &dir,
+        Duration::from_secs(5),
+        |files| files.is_empty(),
+    )
     .await;
 }
 
@@ -135,10 +137,12 @@ async fn allowed_audio_is_bounded_and_keeps_none_of_the_uploads_tags() {
     );
     // And the source is gone once ready: only the MP3 holds the quota.
     let dir = app.post_dir(&id);
-    let files = poll_within("the source removed", Duration::from_secs(5), || {
-        let files = files_in(&dir);
-        async move { (files.len() == 1).then_some(files) }
-    })
+    let files = files_when(
+        "the source removed",
+        &dir,
+        Duration::from_secs(5),
+        |files| files.len() == 1,
+    )
     .await;
     assert!(files[0].ends_with(".mp3"), "{files:?}");
 }
