@@ -132,7 +132,6 @@ impl Application {
         let test_endpoint = settings.tracecontext_test_endpoint;
         let body_idle = BodyIdleTimeout(settings.limits.body_idle_timeout);
         let trusted_proxies = settings.trusted_proxies.clone();
-        let draining_flag = draining.clone();
         let state = web::Data::new(state);
         let server = HttpServer::new(move || {
             App::new()
@@ -143,7 +142,6 @@ impl Application {
                 .app_data(web::PayloadConfig::new(BODY_LIMIT))
                 .app_data(body_idle)
                 .app_data(trusted_proxies.clone())
-                .app_data(draining_flag.clone())
                 // Inner first: `traceresponse` is added inside the root span, to the JSON 405 too.
                 .wrap(from_fn(bound_body_idle))
                 .wrap(from_fn(close_while_draining))
@@ -273,8 +271,8 @@ async fn close_while_draining(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, actix_web::Error> {
     let draining = req
-        .app_data::<Draining>()
-        .is_some_and(Draining::is_draining);
+        .app_data::<routes::State>()
+        .is_some_and(|state| state.draining.is_draining());
     let mut response = next.call(req).await?;
     if draining {
         response
