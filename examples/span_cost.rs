@@ -1,33 +1,34 @@
-//! What one span costs the thread that makes it, through `tracing` and `tracing-opentelemetry`
-//! as the service installs them (per-layer `Targets` filter, no context activation), with a span
-//! processor that drops every span: the bridge alone, no export (BENCHMARKS.md, "The request
-//! path, issue 15 part 3"). Single-threaded, so it resolves differences of tens of nanoseconds
-//! that the server's CPU-per-request figures cannot.
+//! What one span costs the thread that makes it: our recording layer (`telemetry::record`) as
+//! the service installs it, beside the `tracing-opentelemetry` bridge it replaced (configured
+//! as the service configured it: per-layer `Targets` filter, no context activation, the SDK's
+//! `ParentBased(TraceIdRatioBased)` sampler) and beside no layer at all. Each pipeline ends in
+//! a sink that drops every span: recording alone, no export (BENCHMARKS.md, "Recording").
+//! Single-threaded, so it resolves differences of tens of nanoseconds that the server's
+//! CPU-per-request figures cannot.
 //!
 //! ```bash
 //! cargo run --release --example span_cost
 //! ```
 //!
 //! Cases, each as the child of an entered root span:
-//! - `db span, tracing fields`: the query span as `telemetry/db.rs` makes it (its attributes as
-//!   `tracing` fields, copied into `KeyValue`s by the layer);
-//! - `db span, set_attribute`: the same span with only its `Empty` fields in `tracing`, and
-//!   the seven attributes known up front set with `OpenTelemetrySpanExt::set_attribute` from
-//!   static strings, shared `Arc<str>`s and the moved query text (no copy);
-//! - `4 polls, layer` / `4 polls, EndAtClose`: a span entered and exited four times (as a
-//!   future polled four times) with the layer as it is, and wrapped in `EndAtClose`.
+//! - `4 attributes`: a span with four attributes (two static strings, an integer, a string
+//!   made at the call), sampled; `unsampled`: the same in a trace the head ratio dropped;
+//! - `db span`: the query span as `telemetry/db.rs` makes it (nine fields, the SQL copied);
+//! - `4 polls`: a span entered and exited four times (as a future polled four times).
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Instant;
 
-use opentelemetry::{Context, KeyValue, Value};
+use opentelemetry::Context;
+use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
-use opentelemetry_sdk::trace::{SdkTracerProvider, Span, SpanData, SpanProcessor};
-use sidechain::telemetry;
-use sidechain::telemetry::end_at_close::EndAtClose;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Span, SpanData, SpanProcessor};
+use sidechain::telemetry::record::{RecordLayer, SpanSink};
+use sidechain::telemetry::sampling::{Sampling, TailDecision};
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 
 const N: u32 = 200_000;
@@ -37,6 +38,12 @@ const SQL: &str = "SELECT \"posts\".\"id\", \"posts\".\"author_id\", \"posts\".\
 
 #[derive(Debug)]
 struct Discard;
+
+impl SpanSink for Discard {
+    fn finish(&self, span: SpanData, decision: Option<TailDecision>) {
+        black_box((span, decision));
+    }
+}
 
 impl SpanProcessor for Discard {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
@@ -51,8 +58,22 @@ impl SpanProcessor for Discard {
     }
 }
 
-fn provider() -> SdkTracerProvider {
+fn ours(head_ratio: f64) -> RecordLayer {
+    RecordLayer::new(
+        Sampling {
+            head_ratio,
+            tail: None,
+        },
+        Arc::new(Discard),
+        128,
+    )
+}
+
+fn provider(head_ratio: f64) -> SdkTracerProvider {
     SdkTracerProvider::builder()
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            head_ratio,
+        ))))
         .with_span_processor(Discard)
         .build()
 }
@@ -66,7 +87,7 @@ fn time(label: &str, mut f: impl FnMut()) {
         f();
     }
     let ns = start.elapsed().as_nanos() as f64 / f64::from(N);
-    println!("{label:<28} {ns:8.0} ns");
+    println!("{label:<44} {ns:8.0} ns");
 }
 
 fn in_root(f: impl FnOnce()) {
@@ -74,7 +95,20 @@ fn in_root(f: impl FnOnce()) {
     root.in_scope(f);
 }
 
-fn db_fields(namespace: &Arc<str>, address: &Arc<str>) {
+fn four_attributes() {
+    let key = 42_u32;
+    let span = tracing::info_span!(
+        target: "sidechain",
+        "cache.get",
+        db.system.name = "redis",
+        db.operation.name = "GET",
+        server.port = 6379_i64,
+        db.query.summary = format_args!("GET post:{key}"),
+    );
+    drop(span);
+}
+
+fn db_span(namespace: &Arc<str>, address: &Arc<str>) {
     let sql = SQL.to_owned();
     let table = Some("posts".to_owned());
     let span = tracing::info_span!(
@@ -100,33 +134,6 @@ fn db_fields(namespace: &Arc<str>, address: &Arc<str>) {
     drop(span);
 }
 
-fn db_direct(namespace: &Arc<str>, address: &Arc<str>) {
-    let sql = SQL.to_owned();
-    let table = Some("posts".to_owned());
-    let span = tracing::info_span!(
-        target: "sidechain",
-        "db.query",
-        otel.name = match &table {
-            Some(t) => format!("SELECT {t}"),
-            None => "SELECT".to_owned(),
-        },
-        otel.kind = "client",
-        otel.status_code = Empty,
-        otel.status_description = Empty,
-        error.type = Empty,
-    );
-    span.set_attribute("db.system.name", "postgresql");
-    span.set_attribute("db.operation.name", "SELECT");
-    if let Some(table) = table {
-        span.set_attribute("db.collection.name", table);
-    }
-    span.set_attribute("db.query.text", sql);
-    span.set_attribute("db.namespace", Value::String(namespace.clone().into()));
-    span.set_attribute("server.address", Value::String(address.clone().into()));
-    span.set_attribute("server.port", 5432_i64);
-    drop(span);
-}
-
 fn polls() {
     let span = tracing::info_span!(target: "sidechain", "cache", otel.name = "MGET feed");
     for _ in 0..4 {
@@ -136,38 +143,51 @@ fn polls() {
     drop(span);
 }
 
+fn cases(pipeline: &str, namespace: &Arc<str>, address: &Arc<str>) {
+    in_root(|| {
+        time(&format!("{pipeline}: 4 attributes"), four_attributes);
+        time(&format!("{pipeline}: db span"), || {
+            db_span(namespace, address)
+        });
+        time(&format!("{pipeline}: 4 polls"), polls);
+    });
+}
+
 fn main() {
     let namespace: Arc<str> = "sidechain".into();
     let address: Arc<str> = "127.0.0.1".into();
-    let _ = black_box(KeyValue::new("warm", 1));
 
-    let plain = tracing_subscriber::registry().with(telemetry::otel_layer(&provider()));
-    tracing::subscriber::with_default(plain, || {
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(ours(1.0)), || {
+        cases("ours", &namespace, &address)
+    });
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(ours(0.0)), || {
+        in_root(|| time("ours: 4 attributes, unsampled", four_attributes))
+    });
+
+    let bridge = |ratio| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider(ratio).tracer("sidechain"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_level(false)
+            .with_target(false)
+            .with_context_activation(false)
+            .with_filter(Targets::new().with_target("sidechain", tracing::Level::INFO))
+    };
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(bridge(1.0)), || {
+        cases("tracing-opentelemetry", &namespace, &address)
+    });
+    tracing::subscriber::with_default(tracing_subscriber::registry().with(bridge(0.0)), || {
         in_root(|| {
-            time("db span, tracing fields", || {
-                db_fields(&namespace, &address)
-            });
-            time("db span, set_attribute", || db_direct(&namespace, &address));
-            time("4 polls, layer", polls);
+            time(
+                "tracing-opentelemetry: 4 attributes, unsampled",
+                four_attributes,
+            )
         })
     });
 
-    let wrapped =
-        tracing_subscriber::registry().with(EndAtClose(telemetry::otel_layer(&provider())));
-    tracing::subscriber::with_default(wrapped, || {
-        in_root(|| {
-            time("db span, tracing fields", || {
-                db_fields(&namespace, &address)
-            });
-            time("4 polls, EndAtClose", polls);
-        })
-    });
-
-    let untraced = tracing_subscriber::registry();
-    tracing::subscriber::with_default(untraced, || {
-        in_root(|| {
-            time("db span, untraced", || db_fields(&namespace, &address));
-            time("4 polls, untraced", polls);
-        })
+    tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+        cases("no layer", &namespace, &address)
     });
 }

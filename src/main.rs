@@ -13,7 +13,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let telemetry = match telemetry::init(
+    // The bench-only builds record with another pipeline (telemetry::peer); the service, with
+    // its own.
+    #[cfg(feature = "peer-pipeline")]
+    let init = telemetry::peer::init;
+    #[cfg(not(feature = "peer-pipeline"))]
+    let init = telemetry::init;
+    let telemetry = match init(
         &settings.telemetry,
         settings.log_level,
         TelemetryOptions::default(),

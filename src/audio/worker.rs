@@ -33,13 +33,13 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
+use crate::telemetry::record::RecordExt;
 use futures_util::FutureExt;
 use opentelemetry::KeyValue;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::ffmpeg::{self, Bounds, Demuxer, MP3_BIT_RATE, StageError, Toolchain};
 use super::jobs::{self, ClaimedJob, Processed, Written};
@@ -212,8 +212,8 @@ impl Worker {
             error.type = Empty,
         );
         if let Some(traceparent) = &job.traceparent {
-            // Before the span is first entered: that is when its OpenTelemetry parent is fixed.
-            let _ = span.set_parent(handoff::context_from_w3c(
+            // Before any child span is made: children take their trace from this record.
+            span.set_parent(&handoff::context_from_w3c(
                 traceparent,
                 job.tracestate.as_deref(),
             ));

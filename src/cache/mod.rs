@@ -23,12 +23,12 @@ pub mod feed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::telemetry::record::RecordExt;
 use deadpool_redis::redis::{self, AsyncCommands};
 use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use opentelemetry::KeyValue;
 use tracing::Instrument;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::RedisSettings;
 use crate::telemetry::metrics::{self, CacheResult};

@@ -7,7 +7,8 @@
 //!   (`propagation`).
 
 use opentelemetry::Context;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::telemetry::record::RecordExt;
 
 use crate::telemetry::propagation::{TRACEPARENT, TRACESTATE, extract_parent, inject_context};
 
@@ -25,7 +26,7 @@ where
 /// values `propagation::inject` would send; `None` when the span is not part of a trace.
 pub fn w3c_context_of(span: &tracing::Span) -> Option<(String, Option<String>)> {
     let mut headers = reqwest::header::HeaderMap::new();
-    inject_context(&span.context(), &mut headers);
+    inject_context(&span.context()?, &mut headers);
     let value = |name| {
         headers
             .get(name)

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::sync::{LazyLock, OnceLock};
 
 use chrono::{SecondsFormat, Utc};
-use opentelemetry::trace::{SpanContext, TraceContextExt};
+use opentelemetry::trace::SpanContext;
 use slog::{Drain, KV, Level, Logger, OwnedKVList, Record, Serializer, o};
 use tracing::field::{Field, Visit};
 use tracing::{Dispatch, Subscriber};
@@ -25,7 +25,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::env::LogLevel;
-use crate::telemetry::propagation;
+use crate::telemetry::{propagation, record};
 
 /// Where log lines go.
 pub enum LogSink {
@@ -212,14 +212,12 @@ pub struct TracingBridge {
 }
 
 impl TracingBridge {
-    /// The ids of a span, read through the OpenTelemetry layer of the same subscriber. Inside a
+    /// The ids of a span, read from its record (`record`) in the same subscriber. Inside a
     /// layer callback `Span::current()` is unavailable (the dispatcher is busy), hence the
     /// dispatch handle kept at registration.
     fn span_context(&self, id: &tracing::span::Id) -> Option<SpanContext> {
         let dispatch = self.dispatch.get()?.upgrade()?;
-        let cx = tracing_opentelemetry::get_otel_context(id, &dispatch)?;
-        let sc = cx.span().span_context().clone();
-        sc.is_valid().then_some(sc)
+        record::span_context_of_id(id, &dispatch).filter(SpanContext::is_valid)
     }
 }
 

@@ -2,17 +2,21 @@
 //! after the server has stopped.
 //!
 //! ```text
-//!  tracing spans ─▶ Registry ─┬─ OpenTelemetry layer (our spans only) ─▶ SdkTracerProvider
-//!                             │        ParentBased(TraceIdRatioBased) ─▶ ActorSpanProcessor ─▶ export actor
+//!  tracing spans ─▶ Registry ─┬─ RecordLayer (our spans only; record.rs) ─▶ ActorSpanProcessor ─▶ export actor
+//!                             │     head sampling at the root, tail decision per request (sampling.rs)
 //!                             └─ TracingBridge (events, `log` records) ─▶ slog JSON on stdout
 //! ```
 //!
-//! With `OTEL_ENABLED=false` there is no OpenTelemetry layer and no exporter: spans are never
-//! created as OpenTelemetry spans, logs and metrics work as usual.
+//! With `OTEL_ENABLED=false` there is no recording layer and no exporter: spans are never
+//! recorded, logs and metrics work as usual.
+//!
+//! The bench-only pipelines (`peer`: tracing-opentelemetry and the SDK's batch processor;
+//! `fastrace`) install themselves with [`install`] in place of [`init`], from the binary.
 
 pub mod access_log;
 pub mod config;
 pub mod db;
+#[cfg(feature = "peer-pipeline")]
 pub mod end_at_close;
 pub mod export;
 pub mod handoff;
@@ -22,31 +26,51 @@ pub mod metrics;
 #[cfg(feature = "peer-pipeline")]
 pub mod peer;
 pub mod propagation;
+pub mod record;
 pub mod root_span;
+pub mod sampling;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::KeyValue;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
-use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
-use tracing_opentelemetry::OpenTelemetryLayer;
-use tracing_subscriber::Layer;
-use tracing_subscriber::filter::{Filtered, Targets};
+use opentelemetry_sdk::trace::SpanProcessor as _;
 use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::{Layer, Registry};
 
 use crate::config::env::LogLevel;
 use config::TelemetrySettings;
-use export::ExportOptions;
+use export::{ActorSpanProcessor, ExportOptions};
 pub use logging::LogSink;
+use record::RecordLayer;
+use sampling::Sampling;
 
 /// The running pipeline. [`Telemetry::shutdown`] flushes it.
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+    spans: Option<Box<dyn SpanPipeline>>,
     shutdown_timeout: Duration,
     _logs: logging::LogGuard,
+}
+
+/// The exporting end of a span pipeline: what flush and shutdown reach.
+pub trait SpanPipeline: Send + Sync {
+    /// Exports every span finished so far.
+    fn force_flush(&self) -> Result<(), String>;
+    /// Exports what is left, within `timeout`, and stops.
+    fn shutdown(&self, timeout: Duration) -> Result<(), String>;
+}
+
+impl SpanPipeline for Arc<ActorSpanProcessor> {
+    fn force_flush(&self) -> Result<(), String> {
+        (**self).force_flush().map_err(|e| e.to_string())
+    }
+
+    fn shutdown(&self, timeout: Duration) -> Result<(), String> {
+        self.shutdown_with_timeout(timeout)
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Telemetry could not start.
@@ -56,10 +80,9 @@ pub enum TelemetryError {
     Exporter(#[from] export::ExporterError),
     #[error("a tracing subscriber is already installed")]
     AlreadyInstalled,
-    /// The bench-only peer pipeline (`peer-pipeline`) could not start.
-    #[cfg(feature = "peer-pipeline")]
-    #[error("could not build the opentelemetry-otlp exporter: {0}")]
-    Peer(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// A bench-only pipeline could not start.
+    #[error("could not start the span pipeline: {0}")]
+    Pipeline(String),
 }
 
 /// Options that are not configuration: where logs go and how the exporter retries. Tests and
@@ -84,48 +107,49 @@ pub fn init(
     log_level: LogLevel,
     options: TelemetryOptions,
 ) -> Result<Telemetry, TelemetryError> {
+    install(otel, log_level, options.log_sink, |otel| {
+        let processor = Arc::new(export::start(otel, &resource(otel), options.export)?);
+        let sampling = Sampling {
+            head_ratio: otel.sampler_rate,
+            tail: processor.root_decider(),
+        };
+        let layer = RecordLayer::new(
+            sampling,
+            Arc::clone(&processor) as Arc<dyn record::SpanSink>,
+            otel.attribute_count_limit,
+        );
+        Ok((layer, Box::new(processor) as Box<dyn SpanPipeline>))
+    })
+}
+
+/// Starts logging, then (when tracing is enabled) the span pipeline `start` builds, and
+/// installs the global subscriber with its layer: [`init`]'s for the service, another for the
+/// bench-only pipelines.
+pub fn install<L>(
+    otel: &TelemetrySettings,
+    log_level: LogLevel,
+    log_sink: LogSink,
+    start: impl FnOnce(&TelemetrySettings) -> Result<(L, Box<dyn SpanPipeline>), TelemetryError>,
+) -> Result<Telemetry, TelemetryError>
+where
+    L: Layer<Registry> + Send + Sync + 'static,
+{
     limits::set_value_length(otel.attribute_value_length_limit);
     let (bridge, log_guard) = logging::init(
         &otel.service_name,
         log_level,
-        options.log_sink,
+        log_sink,
         (otel.enabled && otel.logs.is_some())
             .then(|| Box::new(export::logs::OtlpLogDrain) as logging::ExtraDrain),
     );
-
-    let provider = if otel.enabled {
-        let resource = resource(otel);
-        // The bench-only build swaps in the SDK's own pipeline; everything else stays the same.
-        #[cfg(feature = "peer-pipeline")]
-        let processor = peer::processor(otel)?;
-        #[cfg(not(feature = "peer-pipeline"))]
-        let processor = {
-            let processor = export::start(otel, &resource, options.export)?;
-            // Tail sampling is ours: the peer build has none (it exports what head sampling keeps).
-            if let Some(decider) = processor.root_decider() {
-                export::install_tail_sampling(decider);
-            }
-            processor
-        };
-        Some(
-            SdkTracerProvider::builder()
-                .with_resource(resource)
-                .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                    otel.sampler_rate,
-                ))))
-                .with_max_attributes_per_span(otel.attribute_count_limit as u32)
-                .with_span_processor(processor)
-                .build(),
-        )
-    } else {
-        None
+    let (layer, spans) = match otel.enabled {
+        true => {
+            let (layer, spans) = start(otel)?;
+            (Some(layer), Some(spans))
+        }
+        false => (None, None),
     };
-
-    // Spans end when they close, not at their last exit: no OpenTelemetry work on every poll.
-    let otel_layer = provider
-        .as_ref()
-        .map(|provider| end_at_close::EndAtClose(otel_layer(provider)));
-    let subscriber = tracing_subscriber::registry().with(otel_layer).with(bridge);
+    let subscriber = tracing_subscriber::registry().with(layer).with(bridge);
     tracing::subscriber::set_global_default(subscriber)
         .map_err(|_| TelemetryError::AlreadyInstalled)?;
     // `log` records (actix-server, redis, …) become tracing events, then log lines.
@@ -134,7 +158,7 @@ pub fn init(
         .init();
 
     Ok(Telemetry {
-        provider,
+        spans,
         shutdown_timeout: otel.export_deadline,
         _logs: log_guard,
     })
@@ -144,10 +168,10 @@ impl Telemetry {
     /// Exports every finished span (bounded by `OTEL_BSP_EXPORT_TIMEOUT`), then flushes the
     /// logs.
     pub fn shutdown(self) {
-        if let Some(provider) = &self.provider
-            && let Err(err) = provider.shutdown_with_timeout(self.shutdown_timeout)
+        if let Some(spans) = &self.spans
+            && let Err(err) = spans.shutdown(self.shutdown_timeout)
             // Lost spans are reported by the processor in one line with their count.
-            && !err.to_string().contains("lost at shutdown")
+            && !err.contains("lost at shutdown")
         {
             slog::warn!(logging::logger(), "telemetry shutdown incomplete"; "error" => %err);
         }
@@ -155,35 +179,11 @@ impl Telemetry {
 
     /// Exports every span finished so far; for tests and benchmarks.
     pub fn force_flush(&self) -> Result<(), String> {
-        match &self.provider {
-            Some(provider) => provider.force_flush().map_err(|e| e.to_string()),
+        match &self.spans {
+            Some(spans) => spans.force_flush(),
             None => Ok(()),
         }
     }
-}
-
-/// The OpenTelemetry layer as the service configures it (before [`end_at_close::EndAtClose`]),
-/// so that the benchmarks measure the same bridge.
-pub fn otel_layer<S>(
-    provider: &SdkTracerProvider,
-) -> Filtered<OpenTelemetryLayer<S, opentelemetry_sdk::trace::Tracer>, Targets, S>
-where
-    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
-{
-    tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("sidechain"))
-        .with_location(false)
-        .with_threads(false)
-        .with_tracked_inactivity(false)
-        .with_level(false)
-        .with_target(false)
-        // We read span contexts through the span (`OpenTelemetrySpanExt::context`), never
-        // through `Context::current()`: attaching a context on every enter and exit of a
-        // span (actix polls the request's future many times) would be pure overhead.
-        .with_context_activation(false)
-        // Only our spans become OpenTelemetry spans: libraries' internal spans (hyper, h2,
-        // the exporter's own HTTP client) would be noise, or a feedback loop.
-        .with_filter(Targets::new().with_target("sidechain", tracing::Level::INFO))
 }
 
 /// The resource of every span: defaults, overridden by `OTEL_RESOURCE_ATTRIBUTES`, overridden by

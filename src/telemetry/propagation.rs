@@ -26,18 +26,18 @@
 //! Why the list is carried beside the SDK's `TraceState`: that type validates keys by the 2020
 //! grammar (one `@`, at most 13 characters after it) and cannot be built any other way, so
 //! `foo@@bar` or `t@vvvvvvvvvvvvvvv`, valid today, would make it drop the whole list. The
-//! Context value travels from the request's root span to every child span (tracing-opentelemetry
-//! builds each span's context from its parent's), and [`inject`] sends it while the trace id is
-//! unchanged. Nothing in this service adds or edits `tracestate` entries of its own.
+//! recording layer keeps the list in the root's record and hands it to every child's
+//! (`record`), and [`inject`] sends it while the trace id is unchanged. Nothing in this service adds or edits `tracestate` entries of its own.
 //!
 //! Level 2's random trace-id flag (`02`) is not propagated: the SDK keeps only the sampled bit,
 //! as Level 1 asks of unknown flags.
 
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
-use opentelemetry::trace::{SpanContext, TraceContextExt, TraceId};
+use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::telemetry::record::{ReceivedTraceState, RecordExt};
 
 /// The one propagator: W3C Trace Context. Stateless, so a static serves every request without
 /// going through the global registry's lock.
@@ -75,7 +75,9 @@ pub fn extract_parent(headers: &actix_web::http::header::HeaderMap) -> Context {
 /// Writes `traceparent` (and `tracestate`, when there is one) naming `span` into outgoing
 /// headers.
 pub fn inject(span: &tracing::Span, headers: &mut reqwest::header::HeaderMap) {
-    inject_context(&span.context(), headers);
+    if let Some(cx) = span.context() {
+        inject_context(&cx, headers);
+    }
 }
 
 pub(crate) fn inject_context(cx: &Context, headers: &mut reqwest::header::HeaderMap) {
@@ -104,9 +106,7 @@ pub fn span_context_of(span: &tracing::Span) -> Option<SpanContext> {
     if span.is_none() {
         return None;
     }
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then_some(sc)
+    span.span_context().filter(SpanContext::is_valid)
 }
 
 /// The trace id of the current span as 32 lowercase hex digits, if traced.
@@ -124,14 +124,6 @@ pub fn traceresponse(sc: &SpanContext, sampled: bool) -> String {
         sc.span_id(),
         sc.trace_flags().with_sampled(sampled).to_u8()
     )
-}
-
-/// The `tracestate` list received with a trace, as it goes out again (module doc).
-#[derive(Debug, Clone)]
-struct ReceivedTraceState {
-    /// The trace it came with: a span of another trace must not send it.
-    trace_id: TraceId,
-    header: String,
 }
 
 /// The first 55 characters of a `traceparent` that passes the W3C rules (leading and trailing
@@ -301,8 +293,7 @@ mod tests {
     use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
     // The stored form of a context is `handoff`'s, by this module's rules: tested with them.
     use crate::telemetry::handoff::context_from_w3c;
-    use opentelemetry::trace::{SpanId, TraceFlags, TraceState, TracerProvider as _};
-    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceId, TraceState};
     use tracing_subscriber::layer::SubscriberExt;
 
     use super::*;
@@ -635,21 +626,37 @@ mod tests {
         assert!(out.get(TRACESTATE).is_none());
     }
 
-    /// Through tracing-opentelemetry as in the service: the request span takes the extracted
+    /// Through the recording layer as in the service: the request span takes the extracted
     /// parent, a child span's headers name the child and carry the received list.
     #[test]
     fn a_child_span_sends_its_own_id_and_the_received_tracestate() {
-        let provider = SdkTracerProvider::builder().build();
-        let subscriber = tracing_subscriber::registry()
-            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        #[derive(Debug)]
+        struct Discard;
+        impl crate::telemetry::record::SpanSink for Discard {
+            fn finish(
+                &self,
+                _: opentelemetry_sdk::trace::SpanData,
+                _: Option<crate::telemetry::sampling::TailDecision>,
+            ) {
+            }
+        }
+        let layer = crate::telemetry::record::RecordLayer::new(
+            crate::telemetry::sampling::Sampling {
+                head_ratio: 1.0,
+                tail: None,
+            },
+            std::sync::Arc::new(Discard),
+            128,
+        );
+        let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, || {
             for (flags, state) in [("01", "foo@@bar=1,rojo=2"), ("00", "congo=t61rcWkgMzE")] {
-                let root = tracing::info_span!("request");
-                let _ = root.set_parent(extract_parent(&headers(&[
+                let root = tracing::info_span!(target: "sidechain", "request");
+                root.set_parent(&extract_parent(&headers(&[
                     ("traceparent", &traceparent(flags)),
                     ("tracestate", state),
                 ])));
-                let child = root.in_scope(|| tracing::info_span!("client"));
+                let child = root.in_scope(|| tracing::info_span!(target: "sidechain", "client"));
                 let mut out = reqwest::header::HeaderMap::new();
                 inject(&child, &mut out);
                 let sent = out.get(TRACEPARENT).unwrap().to_str().unwrap();
@@ -659,7 +666,7 @@ mod tests {
                 assert_eq!(out.get(TRACESTATE).unwrap(), state);
             }
             // No parent: a new trace, and no tracestate at all.
-            let root = tracing::info_span!("request");
+            let root = tracing::info_span!(target: "sidechain", "request");
             let mut out = reqwest::header::HeaderMap::new();
             inject(&root, &mut out);
             let sent = out.get(TRACEPARENT).unwrap().to_str().unwrap();

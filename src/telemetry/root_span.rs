@@ -7,7 +7,7 @@
 //!  request ─▶ on_request_start: span "{METHOD} {route}", parent from traceparent, start time
 //!          ─▶ handler (records user.id, feed.type through the request's RootSpan)
 //!          ─▶ on_request_end: status, ERROR + exception event on 5xx,
-//!                             the trace's sampling decision (tail sampling: sampling.tail.reason),
+//!                             the trace's sampling decision (taken once, in `traceresponse_header`),
 //!                             access line (root span's ids, trace_sampled),
 //!                             http_server_request_duration_seconds (exemplar if the trace is kept)
 //! ```
@@ -16,7 +16,7 @@
 //! that matches no route is named by its method alone and labelled `unmatched`.
 
 use std::borrow::Cow;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -25,16 +25,16 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest};
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{SpanContext, Status, TraceContextExt};
+use opentelemetry::trace::{Status, TraceContextExt};
 use tracing::Span;
 use tracing::field::Empty;
 use tracing_actix_web::{RootSpan, RootSpanBuilder};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::client_address::{ClientAddress, TrustedProxies};
 use crate::telemetry::access_log::{self, AccessLine};
-use crate::telemetry::{export, limits, metrics, propagation};
+use crate::telemetry::record::RecordExt;
+use crate::telemetry::{limits, metrics, propagation};
 
 /// Our `RootSpanBuilder`: contract names (CONTRACT.md §3) on the SERVER span.
 pub struct SidechainRootSpan;
@@ -114,7 +114,8 @@ impl RootSpanBuilder for SidechainRootSpan {
         );
         let parent = propagation::extract_parent(request.headers());
         if parent.span().span_context().is_valid() {
-            let _ = span.set_parent(parent);
+            // Straight into the root's record, before any child exists (`record`).
+            span.set_parent(&parent);
         }
         request.extensions_mut().insert(RequestStart {
             at: Instant::now(),
@@ -130,7 +131,6 @@ impl RootSpanBuilder for SidechainRootSpan {
             Ok(response) => (response.status(), Some(response.request())),
             Err(error) => (error.as_response_error().status_code(), None),
         };
-        // As i64: tracing-opentelemetry exports unsigned integers as strings.
         span.record("http.response.status_code", i64::from(status.as_u16()));
         if status.is_server_error() {
             span.record("otel.status_code", "ERROR");
@@ -179,9 +179,9 @@ impl RootSpanBuilder for SidechainRootSpan {
         // response that did not pass there is decided now.
         let sampled = span_context
             .as_ref()
-            .map(|sc| match extensions.get::<Verdict>() {
-                Some(verdict) => verdict.0,
-                None => trace_sampled(&span, sc, status.is_server_error(), elapsed),
+            .and_then(|_| match extensions.get::<Verdict>() {
+                Some(verdict) => Some(verdict.0),
+                None => span.decide_trace(status.is_server_error(), elapsed),
             });
         let route_label: Cow<'static, str> = match &start.route {
             Some(route) => Cow::Owned(route.clone()),
@@ -210,24 +210,6 @@ impl RootSpanBuilder for SidechainRootSpan {
 /// The sampling decision of a request's trace, taken once.
 #[derive(Clone, Copy)]
 struct Verdict(bool);
-
-/// Whether the trace of this request is exported: the head decision, or with tail sampling the
-/// tail decision, taken here because this is when the local root ends (the handler and every
-/// span it made are done) and recorded on the root for the exporter to carry out.
-fn trace_sampled(root: &Span, sc: &SpanContext, failed: bool, elapsed: Duration) -> bool {
-    if !sc.is_sampled() {
-        return false;
-    }
-    let Some(decider) = export::root_decider() else {
-        return true;
-    };
-    let decision = decider.decide(sc.trace_id(), failed, elapsed);
-    root.set_attribute(
-        export::TAIL_REASON_ATTRIBUTE,
-        decision.map_or(export::TAIL_DROPPED, export::TailReason::as_str),
-    );
-    decision.is_some()
-}
 
 /// Records the authenticated user on the request's root span and access line.
 pub fn record_user(request: &HttpRequest, user_id: Uuid) {
@@ -268,15 +250,14 @@ pub async fn traceresponse_header(
         .extensions()
         .get::<RequestStart>()
         .map(|start| start.at.elapsed());
-    let sampled = match elapsed {
-        Some(elapsed) => {
-            let failed = response.status().is_server_error();
-            let sampled = trace_sampled(&root, &sc, failed, elapsed);
-            response.request().extensions_mut().insert(Verdict(sampled));
-            sampled
-        }
-        None => sc.is_sampled(),
-    };
+    let decided = elapsed.and_then(|elapsed| {
+        // The one decision of this request (`sampling`): kept in the root's record for the
+        // exporter, and here for the access line and the exemplar.
+        let sampled = root.decide_trace(response.status().is_server_error(), elapsed)?;
+        response.request().extensions_mut().insert(Verdict(sampled));
+        Some(sampled)
+    });
+    let sampled = decided.unwrap_or(sc.is_sampled());
     if let Ok(value) = HeaderValue::from_str(&propagation::traceresponse(&sc, sampled)) {
         response
             .headers_mut()

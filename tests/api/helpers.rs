@@ -162,6 +162,13 @@ impl ReceivedSpan {
         }
     }
 
+    pub fn double(&self, key: &str) -> Option<f64> {
+        match self.attributes.get(key)? {
+            AnyValue::DoubleValue(d) => Some(*d),
+            other => panic!("{key} is not a double: {other:?}"),
+        }
+    }
+
     pub fn bool(&self, key: &str) -> Option<bool> {
         match self.attributes.get(key)? {
             AnyValue::BoolValue(b) => Some(*b),

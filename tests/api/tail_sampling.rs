@@ -1,7 +1,8 @@
 //! Tail sampling through HTTP (`OTEL_TAIL_SAMPLING=true`): one decision per trace, taken as
 //! the request ends, and everything the service hands out agrees with it: the trace arrives
 //! whole or not at all, its root says why it was kept, the access line says `trace_sampled`,
-//! exemplars name kept traces only. A failure that ends after its root is never lost.
+//! exemplars name kept traces only, every span says the probability it had of arriving. A
+//! failure that ends after its root is never lost.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use opentelemetry::trace::{
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sidechain::telemetry::metrics;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
+use sidechain::telemetry::record::RecordExt;
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -256,6 +257,21 @@ async fn failed_and_slow_traces_arrive_whole_and_everything_named_agrees() {
         );
         assert_eq!(root.int("http.response.status_code"), Some(status));
         assert_parents_intact(&trace, root);
+        // Each span says how likely it was to arrive (CONTRACT.md §3 "Sampling weight"): the
+        // head rate (1 here), times the tail ratio when the trace was kept by its id only.
+        let p = if reason == "probabilistic" {
+            RATIO
+        } else {
+            1.0
+        };
+        for span in &trace {
+            assert_eq!(
+                span.double("sampling.ratio"),
+                Some(p),
+                "{}: {line}",
+                span.name
+            );
+        }
         assert_eq!(
             trace
                 .iter()
@@ -359,8 +375,7 @@ fn late_subtree(trace_id: &str, parent_span_id: &str, fail: bool) {
         TraceState::default(),
     );
     let job = tracing::info_span!(target: "sidechain", "late.job", otel.kind = "consumer");
-    job.set_parent(opentelemetry::Context::new().with_remote_span_context(parent))
-        .unwrap();
+    job.set_parent(&opentelemetry::Context::new().with_remote_span_context(parent));
     {
         let step = tracing::info_span!(target: "sidechain", parent: &job, "late.step");
         if fail {

@@ -506,3 +506,62 @@ async fn with_otel_disabled_nothing_is_traced_or_exported() {
             .is_empty()
     );
 }
+
+/// Head sampling (`OTEL_TRACE_SAMPLER_RATE`): a trace is exported whole or not at all, by the
+/// ratio rule on its trace id, and every exported span carries the ratio as its sampling
+/// probability (CONTRACT.md §3 "Sampling weight"); a caller's sampled `traceparent` is obeyed,
+/// and its spans say 1 (its decision's probability is not known here).
+#[tokio::test]
+async fn head_sampling_keeps_its_share_and_weighs_every_span() {
+    const RATE: f64 = 0.5;
+    let app = spawn_app_with(|c| {
+        c.set("OTEL_TRACE_SAMPLER_RATE", RATE.to_string());
+    })
+    .await;
+    let alice = app.register("alice").await;
+    let post = app.post_titled(&alice, "weighed").await;
+    let post_path = format!("/api/v1/posts/{}", post["id"].as_str().unwrap());
+    let mut sampled = Vec::new();
+    let mut dropped = Vec::new();
+    for _ in 0..80 {
+        let response = app.get(&post_path).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let (trace_id, _, flag) = traceresponse(&response);
+        let low = u64::from_str_radix(&trace_id[16..], 16).unwrap();
+        let by_rule = (low >> 1) < (RATE * (1u64 << 63) as f64) as u64;
+        assert_eq!(flag == "01", by_rule, "the ratio rule decides {trace_id}");
+        if by_rule {
+            sampled.push(trace_id);
+        } else {
+            dropped.push(trace_id);
+        }
+    }
+    assert!(sampled.len() >= 20 && dropped.len() >= 20, "{sampled:?}");
+    let remote = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let response = app
+        .api
+        .get(app.url(&post_path))
+        .header("traceparent", format!("00-{remote}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traceresponse(&response).2, "01");
+    let continued = app.otlp.trace(remote).await;
+    for span in &continued {
+        assert_eq!(span.double("sampling.ratio"), Some(1.0), "{}", span.name);
+    }
+    for trace_id in &sampled {
+        let spans = app.otlp.trace(trace_id).await;
+        assert_one_tree(&spans);
+        for span in &spans {
+            assert_eq!(span.double("sampling.ratio"), Some(RATE), "{}", span.name);
+        }
+    }
+    let arrived = app.otlp.spans().await;
+    for trace_id in &dropped {
+        assert!(
+            arrived.iter().all(|s| &s.trace_id != trace_id),
+            "{trace_id} was sampled out"
+        );
+    }
+}

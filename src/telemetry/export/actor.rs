@@ -42,6 +42,7 @@ use super::tail::{Decisions, TailSampler};
 use super::transport::{Delivery, Transport};
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, SpanOutcome};
+use crate::telemetry::sampling::TailDecision;
 
 /// How many spans (or log records) the exporter holds: in the mailbox, queued, pending or in
 /// flight; a bound's permit counter. The processor
@@ -69,6 +70,14 @@ impl HeldCount {
     }
 }
 
+/// A finished span on its way to the exporter, with the decision its trace's request took on
+/// the request path when it is that request's root (`sampling`).
+#[derive(Debug)]
+pub struct Finished {
+    pub span: SpanData,
+    pub decision: Option<TailDecision>,
+}
+
 /// Spans handed over by `on_end` but not yet sent to the actor.
 ///
 /// Sending each span as its own message would wake the export thread once per span: on a busy
@@ -79,7 +88,7 @@ impl HeldCount {
 /// caller that finds it taken sends its span alone instead of waiting.
 #[derive(Debug)]
 pub struct HandoffBuffer {
-    spans: Mutex<Vec<SpanData>>,
+    spans: Mutex<Vec<Finished>>,
     chunk: usize,
 }
 
@@ -97,7 +106,7 @@ impl HandoffBuffer {
         clippy::result_large_err,
         reason = "the span goes back to the caller by move; boxing it would cost an allocation per span on the request path"
     )]
-    pub fn push(&self, span: SpanData) -> Result<Option<Vec<SpanData>>, SpanData> {
+    pub fn push(&self, span: Finished) -> Result<Option<Vec<Finished>>, Finished> {
         let Ok(mut spans) = self.spans.try_lock() else {
             return Err(span);
         };
@@ -112,7 +121,7 @@ impl HandoffBuffer {
     }
 
     /// Everything staged so far.
-    pub fn take(&self) -> Vec<SpanData> {
+    pub fn take(&self) -> Vec<Finished> {
         match self.spans.lock() {
             Ok(mut spans) => std::mem::take(&mut *spans),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
@@ -124,7 +133,7 @@ impl HandoffBuffer {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Enqueue {
-    pub spans: Vec<SpanData>,
+    pub spans: Vec<Finished>,
     /// The whole [`HandoffBuffer`], taken when full (what is buffered now ended after these
     /// spans), rather than a span sent alone because the buffer was busy (what is buffered now
     /// ended before it). Tail sampling wants children before their root, so the order matters.
@@ -304,14 +313,16 @@ impl SpanExportActor {
     }
 
     /// Takes finished spans into the queue (through the tail sampler, when it is on).
-    fn accept(&mut self, spans: Vec<SpanData>) {
+    fn accept(&mut self, spans: Vec<Finished>) {
         match &mut self.tail {
-            None => self.queue.extend(spans),
+            None => self
+                .queue
+                .extend(spans.into_iter().map(|finished| finished.span)),
             Some(tail) => {
                 let mut decisions = Decisions::default();
                 let now = Instant::now();
-                for span in spans {
-                    tail.offer(span, now, &mut decisions);
+                for finished in spans {
+                    tail.offer(finished.span, finished.decision, now, &mut decisions);
                 }
                 self.take_decisions(decisions);
             }

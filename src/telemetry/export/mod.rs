@@ -3,10 +3,10 @@
 //! ```text
 //!  request threads                         exporter thread ("otel-export", own actix System)
 //!  ───────────────                         ─────────────────────────────────────────────────
-//!  span ends ─▶ ActorSpanProcessor::on_end ──try_send──▶ SpanExportActor ─▶ [tail] ─▶ otlp ─▶ transport ─▶ endpoint
-//!               (bound check, never waits;                (batching, timer, retries, flush, shutdown)
-//!                failure marks for tail sampling)
-//!  root ends ─▶ on_request_end: tail decision ─▶ carried on the root span ─▶ obeyed by [tail]
+//!  span closes ─▶ record layer ─▶ ActorSpanProcessor::finish ──try_send──▶ SpanExportActor ─▶ [tail] ─▶ otlp ─▶ transport ─▶ endpoint
+//!                                 (bound check, never waits;               (batching, timer, retries, flush, shutdown)
+//!                                  failure marks for tail sampling)
+//!  request's root closes ─▶ its tail decision (sampling), beside the span ─▶ obeyed by [tail]
 //! ```
 
 mod actor;
@@ -23,18 +23,14 @@ use std::sync::Arc;
 use actix::Actor;
 use opentelemetry_sdk::Resource;
 
+pub use crate::telemetry::config::TailPolicy;
 pub use actor::{BatchConfig, FlushReport};
 pub use otlp::{AttributeLimits, EncodedBatch, OtlpEncoder};
 pub use processor::ActorSpanProcessor;
-// Tail sampling's request-path half, for `root_span` and `telemetry::init`.
-pub use crate::telemetry::config::TailPolicy;
-pub use tail::{
-    DROPPED as TAIL_DROPPED, REASON_ATTRIBUTE as TAIL_REASON_ATTRIBUTE, RootDecider, TailReason,
-    install as install_tail_sampling, root_decider,
-};
 pub use transport::{RetryPolicy, STOPPING_RETRY};
 
 use crate::telemetry::config::TelemetrySettings;
+use crate::telemetry::sampling::{FailedTraces, RootDecider};
 use actor::{HandoffBuffer, HeldCount, SpanExportActor};
 use transport::Transport;
 
@@ -151,9 +147,9 @@ pub fn start(
     // Tail sampling's two halves share the failure marks: the processor sets them as spans
     // end, the root reads them, the actor rotates them.
     let tail = settings.tail_sampling.map(|policy| {
-        let marks = Arc::new(tail::FailedTraces::default());
+        let marks = Arc::new(FailedTraces::default());
         (
-            tail::RootDecider::new(policy, Arc::clone(&marks)),
+            RootDecider::new(policy, Arc::clone(&marks)),
             tail::TailSampler::new(policy, marks),
         )
     });

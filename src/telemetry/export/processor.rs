@@ -1,6 +1,10 @@
-//! `ActorSpanProcessor`: the SDK's view of the exporter.
+//! `ActorSpanProcessor`: the exporter's door.
 //!
-//! `on_end` is on the request path, so it does the least possible: check the queue bound (one
+//! The recording layer (`telemetry::record`) calls [`ActorSpanProcessor::finish`] as each span
+//! closes; the SDK's `SpanProcessor` interface (`on_end`) is kept for the benchmarks that feed
+//! the same exporter from the SDK (benches/exporter.rs).
+//!
+//! `finish` is on the request path, so it does the least possible: check the queue bound (one
 //! atomic), stage the span, and `try_send` a chunk of staged spans to the actor when one is
 //! full (see [`HandoffBuffer`] for why chunks). It never waits: when the exporter holds
 //! `OTEL_BSP_MAX_QUEUE_SIZE` spans, the span is dropped, counted, and the first drop is logged.
@@ -20,11 +24,11 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 
 use super::actor::{
-    Enqueue, Flush, FlushReport, HandoffBuffer, HeldCount, Shutdown, SpanExportActor,
+    Enqueue, Finished, Flush, FlushReport, HandoffBuffer, HeldCount, Shutdown, SpanExportActor,
 };
-use super::tail::RootDecider;
 use crate::telemetry::logging;
 use crate::telemetry::metrics::{self, SpanOutcome};
+use crate::telemetry::sampling::{RootDecider, TailDecision};
 
 /// Hands finished spans to the [`SpanExportActor`].
 #[derive(Debug)]
@@ -64,10 +68,46 @@ impl ActorSpanProcessor {
         }
     }
 
-    /// What decides a trace as its local root ends, when tail sampling is on: install it
-    /// (`export::install_tail_sampling`) for the request path.
+    /// What decides a trace as its local root ends, when tail sampling is on: the recording
+    /// layer's `Sampling` holds it for the request path.
     pub fn root_decider(&self) -> Option<RootDecider> {
         self.tail.clone()
+    }
+
+    /// Hands a finished span over (the recording layer calls it as a span closes), with the
+    /// decision its request took when it is a request's root. Never waits.
+    pub fn finish(&self, span: SpanData, decision: Option<TailDecision>) {
+        if !span.span_context.is_sampled() || self.shut_down.load(Ordering::Relaxed) {
+            return;
+        }
+        // Before the queue bound: a failure must reach its root's decision even when the span
+        // itself cannot be queued.
+        if let Some(tail) = &self.tail
+            && matches!(span.status, Status::Error { .. })
+        {
+            tail.mark_failed(span.span_context.trace_id());
+        }
+        if !self.gauge.try_reserve(self.max_queue_size) {
+            self.drop_full(1);
+            return;
+        }
+        let (send, full_buffer) = match self.staging.push(Finished { span, decision }) {
+            Ok(None) => return,
+            Ok(Some(full)) => (full, true),
+            Err(span) => (vec![span], false),
+        };
+        let spans = send.len();
+        if self
+            .addr
+            .try_send(Enqueue {
+                spans: send,
+                full_buffer,
+            })
+            .is_err()
+        {
+            self.gauge.release(spans);
+            self.drop_full(spans);
+        }
     }
 
     fn drop_full(&self, spans: usize) {
@@ -97,37 +137,7 @@ impl SpanProcessor for ActorSpanProcessor {
     fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() || self.shut_down.load(Ordering::Relaxed) {
-            return;
-        }
-        // Before the queue bound: a failure must reach its root's decision even when the span
-        // itself cannot be queued.
-        if let Some(tail) = &self.tail
-            && matches!(span.status, Status::Error { .. })
-        {
-            tail.mark_failed(span.span_context.trace_id());
-        }
-        if !self.gauge.try_reserve(self.max_queue_size) {
-            self.drop_full(1);
-            return;
-        }
-        let (send, full_buffer) = match self.staging.push(span) {
-            Ok(None) => return,
-            Ok(Some(full)) => (full, true),
-            Err(span) => (vec![span], false),
-        };
-        let spans = send.len();
-        if self
-            .addr
-            .try_send(Enqueue {
-                spans: send,
-                full_buffer,
-            })
-            .is_err()
-        {
-            self.gauge.release(spans);
-            self.drop_full(spans);
-        }
+        self.finish(span, None);
     }
 
     fn force_flush(&self) -> OTelSdkResult {

@@ -32,218 +32,18 @@
 //! stays bounded.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use opentelemetry::trace::{SpanId, Status, TraceId};
 use opentelemetry::{KeyValue, Value};
 use opentelemetry_sdk::trace::SpanData;
 
 use crate::telemetry::config::TailPolicy;
-
-/// The root span attribute naming why its trace was kept (CONTRACT.md §3).
-pub const REASON_ATTRIBUTE: &str = "sampling.tail.reason";
-
-/// The value of [`REASON_ATTRIBUTE`] on a root whose trace is dropped: it tells the exporter
-/// the decision, and never leaves the process (the root is dropped with its trace).
-pub const DROPPED: &str = "dropped";
-
-/// Why a trace was kept.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TailReason {
-    /// A span of the trace failed, or the request answered 5xx.
-    Error,
-    /// The local root took at least `OTEL_TAIL_SAMPLING_LATENCY_MS`.
-    Latency,
-    /// The trace id is among `OTEL_TAIL_SAMPLING_RATIO` of all.
-    Probabilistic,
-}
-
-impl TailReason {
-    /// The value of `sampling.tail.reason` and of the metric's `reason` label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TailReason::Error => "error",
-            TailReason::Latency => "latency",
-            TailReason::Probabilistic => "probabilistic",
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            TailReason::Error => 0,
-            TailReason::Latency => 1,
-            TailReason::Probabilistic => 2,
-        }
-    }
-
-    const ALL: [TailReason; 3] = [
-        TailReason::Error,
-        TailReason::Latency,
-        TailReason::Probabilistic,
-    ];
-}
-
-/// A trace's fate: kept for a reason, or dropped (`None`).
-pub type TailDecision = Option<TailReason>;
-
-impl TailPolicy {
-    /// The decision for a trace whose local root took `duration`.
-    pub fn decide(&self, failed: bool, duration: Duration, trace_id: TraceId) -> TailDecision {
-        if failed {
-            Some(TailReason::Error)
-        } else if duration >= self.latency {
-            Some(TailReason::Latency)
-        } else if by_ratio(self.ratio, trace_id) {
-            Some(TailReason::Probabilistic)
-        } else {
-            None
-        }
-    }
-}
-
-/// The same rule as the SDK's `TraceIdRatioBased`: the low 63 bits of the trace id against the
-/// ratio, so head and tail decisions agree for the same trace id.
-pub fn by_ratio(ratio: f64, trace_id: TraceId) -> bool {
-    if ratio >= 1.0 {
-        return true;
-    }
-    if ratio <= 0.0 {
-        return false;
-    }
-    let (_, low) = halves(trace_id);
-    let bound = (ratio * (1u64 << 63) as f64) as u64;
-    (low >> 1) < bound
-}
-
-fn halves(trace_id: TraceId) -> (u64, u64) {
-    let bits = u128::from_be_bytes(trace_id.to_bytes());
-    ((bits >> 64) as u64, bits as u64)
-}
-
-/// SplitMix64's finaliser: spreads trace ids (which callers choose, so need not be random)
-/// over the slots.
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 30;
-    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x ^= x >> 27;
-    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
-}
-
-fn hash(trace_id: TraceId) -> u64 {
-    let (high, low) = halves(trace_id);
-    mix(low ^ mix(high))
-}
-
-/// Words of one generation of [`FailedTraces`]: 2^17 bits, 16 KiB.
-const FILTER_WORDS: usize = 1 << 11;
-const FILTER_BITS: u64 = (FILTER_WORDS * 64) as u64;
-/// Bits set per failed trace.
-const FILTER_PROBES: u32 = 3;
-
-/// The traces in which a span failed, for their root to find: a rotating Bloom filter.
-///
-/// Fixed size, lock-free (`on_end` sets three bits, the root reads six words), and wrong only
-/// in one direction: a trace it has not seen may test positive (it is then kept although it
-/// need not be), a marked trace always tests positive until the mark expires. Marks go into the
-/// current generation; [`FailedTraces::rotate`] (the export actor, every `max_wait`) clears the
-/// older one and makes it current, so a mark lives between one and two periods, and a flood of
-/// failures saturates the filter (everything kept) instead of growing it.
-#[derive(Debug)]
-pub struct FailedTraces {
-    generations: [Box<[AtomicU64]>; 2],
-    current: AtomicUsize,
-}
-
-impl Default for FailedTraces {
-    fn default() -> Self {
-        let generation = || (0..FILTER_WORDS).map(|_| AtomicU64::new(0)).collect();
-        Self {
-            generations: [generation(), generation()],
-            current: AtomicUsize::new(0),
-        }
-    }
-}
-
-impl FailedTraces {
-    fn probes(trace_id: TraceId) -> impl Iterator<Item = (usize, u64)> {
-        let h = hash(trace_id);
-        // Double hashing: probe i is h1 + i·h2 (h2 odd so the probes differ).
-        let (h1, h2) = (h, (h >> 32) | 1);
-        (0..FILTER_PROBES).map(move |i| {
-            let bit = h1.wrapping_add(u64::from(i).wrapping_mul(h2)) % FILTER_BITS;
-            ((bit / 64) as usize, 1u64 << (bit % 64))
-        })
-    }
-
-    /// Notes that a span of this trace failed.
-    pub fn mark(&self, trace_id: TraceId) {
-        let generation = &self.generations[self.current.load(Ordering::Acquire) & 1];
-        // Relaxed is enough: the root that reads the mark runs after the failed span ended (the
-        // handler awaited it), and that ordering carries the write with it.
-        for (word, bit) in Self::probes(trace_id) {
-            generation[word].fetch_or(bit, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether a span of this trace failed (or, rarely, another trace's marks say so).
-    pub fn contains(&self, trace_id: TraceId) -> bool {
-        self.generations.iter().any(|generation| {
-            Self::probes(trace_id)
-                .all(|(word, bit)| generation[word].load(Ordering::Relaxed) & bit != 0)
-        })
-    }
-
-    /// Forgets the older generation's marks and makes it the current one. One caller only
-    /// (the export actor).
-    pub fn rotate(&self) {
-        let older = (self.current.load(Ordering::Acquire) + 1) & 1;
-        for word in self.generations[older].iter() {
-            word.store(0, Ordering::Relaxed);
-        }
-        self.current.store(older, Ordering::Release);
-    }
-}
-
-/// The request path's half of tail sampling: decides a trace as its local root ends.
-#[derive(Debug, Clone)]
-pub struct RootDecider {
-    policy: TailPolicy,
-    failed: Arc<FailedTraces>,
-}
-
-impl RootDecider {
-    pub(super) fn new(policy: TailPolicy, failed: Arc<FailedTraces>) -> Self {
-        Self { policy, failed }
-    }
-
-    /// Notes that a span of this trace failed (`on_end`).
-    pub fn mark_failed(&self, trace_id: TraceId) {
-        self.failed.mark(trace_id);
-    }
-
-    /// The decision for the trace of a root that is about to end, `root_failed` when the root
-    /// itself failed (a 5xx).
-    pub fn decide(&self, trace_id: TraceId, root_failed: bool, duration: Duration) -> TailDecision {
-        let failed = root_failed || self.failed.contains(trace_id);
-        self.policy.decide(failed, duration, trace_id)
-    }
-}
-
-static ROOT_DECIDER: OnceLock<RootDecider> = OnceLock::new();
-
-/// Makes tail sampling's decisions available to the request path (once per process, with the
-/// exporter that obeys them).
-pub fn install(decider: RootDecider) {
-    let _ = ROOT_DECIDER.set(decider);
-}
-
-/// The decider, when tail sampling is on in this process.
-pub fn root_decider() -> Option<&'static RootDecider> {
-    ROOT_DECIDER.get()
-}
+use crate::telemetry::sampling::{
+    FailedTraces, RATIO_ATTRIBUTE, REASON_ATTRIBUTE, TailDecision, TailReason, by_ratio, halves,
+    hash, ratio_after_tail,
+};
 
 /// Decisions remembered for spans that end after their root: direct-mapped, a newer trace
 /// evicts an older one in its slot. 2^15 slots, 288 KiB.
@@ -345,13 +145,21 @@ impl TailSampler {
     }
 
     /// Takes a finished span; the spans of any subtree it completes are decided into `out`.
-    pub fn offer(&mut self, span: SpanData, now: Instant, out: &mut Decisions) {
+    /// `carried` is the decision a request's root brings from the request path
+    /// (`sampling`), obeyed as it is.
+    pub fn offer(
+        &mut self,
+        span: SpanData,
+        carried: Option<TailDecision>,
+        now: Instant,
+        out: &mut Decisions,
+    ) {
         let trace_id = span.span_context.trace_id();
         let is_local_root = span.parent_span_id == SpanId::INVALID || span.parent_span_is_remote;
         let remembered = self.decided.get(trace_id);
         if !is_local_root && let Some(Some(reason)) = remembered {
             // A late span of a kept trace: nothing to wait for.
-            Self::settle(vec![span], Some(reason), out);
+            self.settle(vec![span], Some(reason), out);
             return;
         }
         let failed = matches!(span.status, Status::Error { .. });
@@ -369,9 +177,10 @@ impl TailSampler {
         let Some(root) = subtree.last_mut() else {
             return;
         };
-        let decision = match (carried_decision(root), remembered) {
+        let decision = match (carried, remembered) {
             // A request root: decided on the request path; obey.
             (Some(decision), _) => {
+                mark_reason(root, decision);
                 self.decided.put(trace_id, decision);
                 decision
             }
@@ -395,7 +204,7 @@ impl TailSampler {
                 decision
             }
         };
-        Self::settle(subtree, decision, out);
+        self.settle(subtree, decision, out);
     }
 
     /// Removes the local root just added (the newest span of the trace) and every held span
@@ -515,12 +324,19 @@ impl TailSampler {
                 decision
             }
         };
-        Self::settle(pending.spans, decision, out);
+        self.settle(pending.spans, decision, out);
     }
 
-    fn settle(spans: Vec<SpanData>, decision: TailDecision, out: &mut Decisions) {
+    /// Carries out a decision; a kept span's `sampling.ratio` (its head probability, written
+    /// by the recording layer) becomes the probability it had of being kept here too.
+    fn settle(&self, mut spans: Vec<SpanData>, decision: TailDecision, out: &mut Decisions) {
         match decision {
             Some(reason) => {
+                if reason == TailReason::Probabilistic {
+                    for span in &mut spans {
+                        scale_ratio(span, reason, self.policy.ratio);
+                    }
+                }
                 out.kept_by[reason.index()] += spans.len();
                 out.kept.extend(spans);
             }
@@ -529,25 +345,19 @@ impl TailSampler {
     }
 }
 
-/// The decision a root span carries from the request path, if it carries one.
-fn carried_decision(root: &SpanData) -> Option<TailDecision> {
-    let kv = root
+/// Multiplies the head probability a span carries by the tail's.
+fn scale_ratio(span: &mut SpanData, reason: TailReason, tail_ratio: f64) {
+    if let Some(kv) = span
         .attributes
-        .iter()
-        .find(|kv| kv.key.as_str() == REASON_ATTRIBUTE)?;
-    let Value::String(value) = &kv.value else {
-        return None;
-    };
-    match value.as_str() {
-        DROPPED => Some(None),
-        reason => TailReason::ALL
-            .into_iter()
-            .find(|r| r.as_str() == reason)
-            .map(Some),
+        .iter_mut()
+        .find(|kv| kv.key.as_str() == RATIO_ATTRIBUTE)
+        && let Value::F64(head) = kv.value
+    {
+        kv.value = Value::F64(ratio_after_tail(head, reason, tail_ratio));
     }
 }
 
-/// Puts the reason on a root kept here (the request path does it for request roots).
+/// Puts the reason on the root of a kept subtree.
 fn mark_reason(root: &mut SpanData, decision: TailDecision) {
     if let Some(reason) = decision {
         root.attributes
@@ -557,7 +367,7 @@ fn mark_reason(root: &mut SpanData, decision: TailDecision) {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
+    use std::time::{Duration, SystemTime};
 
     use opentelemetry::InstrumentationScope;
     use opentelemetry::trace::{SpanContext, SpanKind, TraceFlags, TraceState};
@@ -595,14 +405,6 @@ mod tests {
         }
     }
 
-    /// A root decided on the request path.
-    fn request_root(trace: u128, id: u64, decision: &'static str) -> SpanData {
-        let mut root = span(trace, id, 0, 1, false);
-        root.attributes
-            .push(KeyValue::new(REASON_ATTRIBUTE, decision));
-        root
-    }
-
     /// The root of a late subtree: its parent is remote.
     fn late_root(trace: u128, id: u64, parent: u64, error: bool) -> SpanData {
         let mut root = span(trace, id, parent, 1, error);
@@ -635,25 +437,25 @@ mod tests {
         let now = Instant::now();
         let mut out = Decisions::default();
         // An error deep in the trace keeps it.
-        s.offer(span(1, 11, 10, 1, true), now, &mut out);
-        s.offer(span(1, 12, 10, 1, false), now, &mut out);
+        s.offer(span(1, 11, 10, 1, true), None, now, &mut out);
+        s.offer(span(1, 12, 10, 1, false), None, now, &mut out);
         assert_eq!(out.kept.len(), 0, "held until the root ends");
-        s.offer(span(1, 10, 0, 5, false), now, &mut out);
+        s.offer(span(1, 10, 0, 5, false), None, now, &mut out);
         assert_eq!(out.kept.len(), 3);
         assert_eq!(reason_of(&out.kept[2]).as_deref(), Some("error"));
         // A slow root keeps its trace.
-        s.offer(span(2, 21, 20, 1, false), now, &mut out);
-        s.offer(span(2, 20, 0, 700, false), now, &mut out);
+        s.offer(span(2, 21, 20, 1, false), None, now, &mut out);
+        s.offer(span(2, 20, 0, 700, false), None, now, &mut out);
         assert_eq!(out.kept.len(), 5);
         assert_eq!(reason_of(&out.kept[4]).as_deref(), Some("latency"));
         // An ordinary trace is dropped whole.
-        s.offer(span(3, 31, 30, 1, false), now, &mut out);
-        s.offer(span(3, 30, 0, 5, false), now, &mut out);
+        s.offer(span(3, 31, 30, 1, false), None, now, &mut out);
+        s.offer(span(3, 30, 0, 5, false), None, now, &mut out);
         assert_eq!(out.kept.len(), 5);
         assert_eq!(out.dropped, 2);
         assert_eq!(s.held(), 0);
         // A straggler of a kept trace follows its decision at once.
-        s.offer(span(1, 13, 10, 1, false), now, &mut out);
+        s.offer(span(1, 13, 10, 1, false), None, now, &mut out);
         assert_eq!(out.kept.len(), 6);
         let by: Vec<_> = out.kept_by_reason().collect();
         assert_eq!(by, [(TailReason::Error, 4), (TailReason::Latency, 2)]);
@@ -665,17 +467,54 @@ mod tests {
         let now = Instant::now();
         let mut out = Decisions::default();
         // The ratio would keep it, the failing child too: the request path said dropped.
-        s.offer(span(4, 41, 40, 1, true), now, &mut out);
-        s.offer(request_root(4, 40, DROPPED), now, &mut out);
+        s.offer(span(4, 41, 40, 1, true), None, now, &mut out);
+        s.offer(span(4, 40, 0, 1, false), Some(None), now, &mut out);
         assert_eq!((out.kept.len(), out.dropped), (0, 2));
         // And kept, for the reason it gives, with nothing added to the root.
-        s.offer(span(5, 51, 50, 1, false), now, &mut out);
-        s.offer(request_root(5, 50, "latency"), now, &mut out);
+        s.offer(span(5, 51, 50, 1, false), None, now, &mut out);
+        s.offer(
+            span(5, 50, 0, 1, false),
+            Some(Some(TailReason::Latency)),
+            now,
+            &mut out,
+        );
         assert_eq!(out.kept.len(), 2);
         assert_eq!(out.kept[1].attributes.len(), 1);
+        assert_eq!(reason_of(&out.kept[1]).as_deref(), Some("latency"));
         assert_eq!(
             out.kept_by_reason().collect::<Vec<_>>(),
             [(TailReason::Latency, 2)]
+        );
+    }
+
+    #[test]
+    fn a_trace_kept_by_its_id_carries_both_probabilities() {
+        let mut s = sampler(0.25);
+        let now = Instant::now();
+        let mut out = Decisions::default();
+        let weighed = |mut span: SpanData| {
+            span.attributes.push(KeyValue::new(RATIO_ATTRIBUTE, 0.5));
+            span
+        };
+        let ratio = |span: &SpanData| {
+            span.attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == RATIO_ATTRIBUTE)
+                .map(|kv| kv.value.clone())
+        };
+        s.offer(weighed(span(11, 2, 1, 1, false)), None, now, &mut out);
+        let root = weighed(span(11, 1, 0, 1, false));
+        s.offer(root, Some(Some(TailReason::Probabilistic)), now, &mut out);
+        assert_eq!(out.kept.len(), 2);
+        assert!(out.kept.iter().all(|s| ratio(s) == Some(Value::F64(0.125))));
+        // Kept for its latency: it would have been kept whatever its id.
+        s.offer(weighed(span(12, 2, 1, 1, false)), None, now, &mut out);
+        let root = weighed(span(12, 1, 0, 1, false));
+        s.offer(root, Some(Some(TailReason::Latency)), now, &mut out);
+        assert!(
+            out.kept[2..]
+                .iter()
+                .all(|s| ratio(s) == Some(Value::F64(0.5)))
         );
     }
 
@@ -684,26 +523,31 @@ mod tests {
         let mut s = sampler(0.0);
         let now = Instant::now();
         let mut out = Decisions::default();
-        s.offer(span(6, 61, 60, 1, false), now, &mut out);
-        s.offer(request_root(6, 60, DROPPED), now, &mut out);
+        s.offer(span(6, 61, 60, 1, false), None, now, &mut out);
+        s.offer(span(6, 60, 0, 1, false), Some(None), now, &mut out);
         assert_eq!(out.dropped, 2);
         // A late subtree that succeeds is dropped with its trace.
-        s.offer(span(6, 71, 70, 1, false), now, &mut out);
+        s.offer(span(6, 71, 70, 1, false), None, now, &mut out);
         assert_eq!(s.held(), 1, "held until its root: a failure may still come");
-        s.offer(late_root(6, 70, 60, false), now, &mut out);
+        s.offer(late_root(6, 70, 60, false), None, now, &mut out);
         assert_eq!((out.kept.len(), out.dropped, s.held()), (0, 4, 0));
         // One whose child failed is kept whole, and its root says why.
-        s.offer(span(6, 82, 81, 1, true), now, &mut out);
-        s.offer(span(6, 81, 80, 1, false), now, &mut out);
-        s.offer(late_root(6, 80, 60, false), now, &mut out);
+        s.offer(span(6, 82, 81, 1, true), None, now, &mut out);
+        s.offer(span(6, 81, 80, 1, false), None, now, &mut out);
+        s.offer(late_root(6, 80, 60, false), None, now, &mut out);
         assert_eq!(out.kept.len(), 3);
         assert_eq!(reason_of(&out.kept[2]).as_deref(), Some("error"));
         assert_eq!(s.held(), 0);
         // A late subtree of a kept trace follows it.
-        s.offer(span(7, 91, 90, 1, false), now, &mut out);
-        s.offer(request_root(7, 90, "probabilistic"), now, &mut out);
-        s.offer(span(7, 101, 100, 1, false), now, &mut out);
-        s.offer(late_root(7, 100, 90, false), now, &mut out);
+        s.offer(span(7, 91, 90, 1, false), None, now, &mut out);
+        s.offer(
+            span(7, 90, 0, 1, false),
+            Some(Some(TailReason::Probabilistic)),
+            now,
+            &mut out,
+        );
+        s.offer(span(7, 101, 100, 1, false), None, now, &mut out);
+        s.offer(late_root(7, 100, 90, false), None, now, &mut out);
         assert_eq!(out.kept.len(), 7);
         assert_eq!(reason_of(&out.kept[6]), None, "the trace's root says why");
     }
@@ -713,17 +557,17 @@ mod tests {
         let mut s = sampler(0.0);
         let now = Instant::now();
         let mut out = Decisions::default();
-        s.offer(request_root(8, 1, DROPPED), now, &mut out);
+        s.offer(span(8, 1, 0, 1, false), Some(None), now, &mut out);
         // Two jobs of the trace interleave; the failing one ends last.
-        s.offer(span(8, 21, 20, 1, true), now, &mut out);
-        s.offer(span(8, 31, 30, 1, false), now, &mut out);
-        s.offer(late_root(8, 30, 1, false), now, &mut out);
+        s.offer(span(8, 21, 20, 1, true), None, now, &mut out);
+        s.offer(span(8, 31, 30, 1, false), None, now, &mut out);
+        s.offer(late_root(8, 30, 1, false), None, now, &mut out);
         assert_eq!(
             out.dropped, 3,
             "the successful job goes, its sibling's spans stay"
         );
         assert_eq!(s.held(), 1);
-        s.offer(late_root(8, 20, 1, false), now, &mut out);
+        s.offer(late_root(8, 20, 1, false), None, now, &mut out);
         assert_eq!(out.kept.len(), 2);
         assert_eq!(s.held(), 0);
     }
@@ -735,7 +579,7 @@ mod tests {
         let mut out = Decisions::default();
         for t in 0..4000u128 {
             let trace = t.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835);
-            s.offer(span(trace, 1, 0, 1, false), now, &mut out);
+            s.offer(span(trace, 1, 0, 1, false), None, now, &mut out);
         }
         let share = out.kept.len() as f64 / 4000.0;
         assert!((0.2..0.3).contains(&share), "{share}");
@@ -746,8 +590,8 @@ mod tests {
         let mut s = sampler(0.0);
         let now = Instant::now();
         let mut out = Decisions::default();
-        s.offer(span(5, 51, 50, 1, false), now, &mut out);
-        s.offer(span(6, 61, 60, 1, true), now, &mut out);
+        s.offer(span(5, 51, 50, 1, false), None, now, &mut out);
+        s.offer(span(6, 61, 60, 1, true), None, now, &mut out);
         s.expire(now + Duration::from_secs(5), &mut out);
         assert_eq!(s.held(), 2);
         s.expire(now + Duration::from_secs(11), &mut out);
@@ -760,10 +604,10 @@ mod tests {
         let mut s = sampler(0.0);
         let now = Instant::now();
         let mut out = Decisions::default();
-        s.offer(request_root(9, 1, DROPPED), now, &mut out);
-        s.offer(span(9, 2, 1, 1, true), now, &mut out);
-        s.offer(span(9, 3, 1, 1, false), now, &mut out);
-        s.offer(span(10, 2, 1, 1, false), now, &mut out);
+        s.offer(span(9, 1, 0, 1, false), Some(None), now, &mut out);
+        s.offer(span(9, 2, 1, 1, true), None, now, &mut out);
+        s.offer(span(9, 3, 1, 1, false), None, now, &mut out);
+        s.offer(span(10, 2, 1, 1, false), None, now, &mut out);
         s.drain(&mut out);
         assert_eq!(s.held(), 0);
         // The dropped trace's late spans include a failure: kept; the unknown one by ratio 0.
@@ -788,48 +632,5 @@ mod tests {
         table.put(newest, None);
         assert_eq!(table.get(newest), Some(None));
         assert_eq!(table.get(TraceId::from(7)), None);
-    }
-
-    #[test]
-    fn failure_marks_never_miss_and_expire_after_two_rotations() {
-        let marks = FailedTraces::default();
-        let failed: Vec<TraceId> = (1..=2000u128)
-            .map(|t| TraceId::from(t.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)))
-            .collect();
-        for &t in &failed {
-            marks.mark(t);
-        }
-        assert!(
-            failed.iter().all(|&t| marks.contains(t)),
-            "no false negative"
-        );
-        let others = (1..=20_000u128)
-            .map(|t| TraceId::from(t << 64 | 0xABCD))
-            .filter(|&t| marks.contains(t))
-            .count();
-        assert!(others < 20, "false positives are rare: {others} of 20000");
-        marks.rotate();
-        assert!(
-            failed.iter().all(|&t| marks.contains(t)),
-            "kept one rotation"
-        );
-        marks.rotate();
-        assert!(failed.iter().all(|&t| !marks.contains(t)), "then forgotten");
-    }
-
-    #[test]
-    fn the_root_decider_uses_the_marks_the_status_and_the_duration() {
-        let marks = Arc::new(FailedTraces::default());
-        let decider = RootDecider::new(policy(0.0), Arc::clone(&marks));
-        let t = TraceId::from(42);
-        let fast = Duration::from_millis(5);
-        assert_eq!(decider.decide(t, false, fast), None);
-        assert_eq!(
-            decider.decide(t, false, Duration::from_millis(500)),
-            Some(TailReason::Latency)
-        );
-        assert_eq!(decider.decide(t, true, fast), Some(TailReason::Error));
-        marks.mark(t);
-        assert_eq!(decider.decide(t, false, fast), Some(TailReason::Error));
     }
 }
