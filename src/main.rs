@@ -13,11 +13,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // The bench-only builds record with another pipeline (telemetry::peer); the service, with
-    // its own.
+    // The bench-only builds record with another pipeline (telemetry::peer, telemetry::fastrace);
+    // the service, with its own.
     #[cfg(feature = "peer-pipeline")]
     let init = telemetry::peer::init;
-    #[cfg(not(feature = "peer-pipeline"))]
+    #[cfg(all(feature = "fastrace-pipeline", not(feature = "peer-pipeline")))]
+    let init = telemetry::fastrace::init;
+    #[cfg(not(any(feature = "peer-pipeline", feature = "fastrace-pipeline")))]
     let init = telemetry::init;
     let telemetry = match init(
         &settings.telemetry,

@@ -1,4 +1,6 @@
-//! The OpenTelemetry layer without its per-poll callbacks.
+//! The OpenTelemetry layer without its per-poll callbacks: the bench-only peer pipeline
+//! (`peer`), which records through `tracing-opentelemetry` as the service did before it recorded
+//! its own spans (`record`, which does nothing on enter and exit to begin with).
 //!
 //! `tracing-opentelemetry` does two things when a span is entered or exited: with context
 //! activation or inactivity tracking (both off here) it attaches a context or counts time, and

@@ -19,6 +19,8 @@ pub mod db;
 #[cfg(feature = "peer-pipeline")]
 pub mod end_at_close;
 pub mod export;
+#[cfg(feature = "fastrace-pipeline")]
+pub mod fastrace;
 pub mod handoff;
 pub mod limits;
 pub mod logging;

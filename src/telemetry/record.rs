@@ -389,7 +389,9 @@ where
         });
         let mut record = Recording::new(metadata.name(), from);
         if record.keeps_fields {
-            record.attributes.reserve_exact(metadata.fields().len());
+            record.start = SystemTime::now();
+            // One more for the `sampling.ratio` the exporter gets at close.
+            record.attributes.reserve_exact(metadata.fields().len() + 1);
             attrs.record(&mut Fields {
                 record: &mut record,
                 max: self.max_attributes,
@@ -459,7 +461,9 @@ impl Recording {
             decision: None,
             name: Cow::Borrowed(name),
             kind: SpanKind::Internal,
-            start: SystemTime::now(),
+            // Read only for spans that keep their fields (`on_new_span`): an unsampled span
+            // reads no clock.
+            start: SystemTime::UNIX_EPOCH,
             attributes: Vec::new(),
             dropped_attributes: 0,
             events: Vec::new(),
@@ -473,6 +477,8 @@ impl Recording {
 /// Span access for a pipeline that records with another layer (the bench-only peer and
 /// fastrace pipelines), installed once with [`install_other`].
 pub trait OtherRecorder: Send + Sync + 'static {
+    /// The remote parent of the root span about to be created on this thread.
+    fn announce_parent(&self, _parent: &Context) {}
     fn set_parent(&self, span: &tracing::Span, parent: &Context);
     fn context(&self, span: &tracing::Span) -> Option<Context>;
     /// The span context of span `id`, from inside a layer callback.
@@ -486,6 +492,15 @@ static OTHER: OnceLock<Box<dyn OtherRecorder>> = OnceLock::new();
 /// Plugs another pipeline's span access in (bench-only builds; once per process).
 pub fn install_other(recorder: Box<dyn OtherRecorder>) {
     let _ = OTHER.set(recorder);
+}
+
+/// Tells another pipeline the remote parent of the root span about to be created on this thread
+/// (one that cannot re-parent a span after creation); ours takes it with
+/// [`RecordExt::set_parent`], so this is nothing but a check when it records.
+pub fn announce_parent(parent: &Context) {
+    if let Some(other) = other() {
+        other.announce_parent(parent);
+    }
 }
 
 fn other() -> Option<&'static dyn OtherRecorder> {
@@ -590,6 +605,12 @@ impl RecordExt for tracing::Span {
             record.ratio = 1.0;
             record.trace_state = remote.trace_state().clone();
             record.received_tracestate = received;
+            if record.sampled && !record.keeps_fields {
+                // A span below an unsampled one, re-parented into a sampled trace: recorded
+                // from here on.
+                record.keeps_fields = true;
+                record.start = SystemTime::now();
+            }
         });
     }
 

@@ -33,7 +33,7 @@ use uuid::Uuid;
 
 use crate::client_address::{ClientAddress, TrustedProxies};
 use crate::telemetry::access_log::{self, AccessLine};
-use crate::telemetry::record::RecordExt;
+use crate::telemetry::record::{self, RecordExt};
 use crate::telemetry::{limits, metrics, propagation};
 
 /// Our `RootSpanBuilder`: contract names (CONTRACT.md §3) on the SERVER span.
@@ -93,6 +93,8 @@ impl RootSpanBuilder for SidechainRootSpan {
             .unwrap_or_default();
         let client = ClientAddress::of(request.head(), request.app_data::<TrustedProxies>());
         let client_address = client.map(|c| c.to_string());
+        let parent = propagation::extract_parent(request.headers());
+        record::announce_parent(&parent);
         let span = tracing::info_span!(
             "HTTP request",
             otel.name = match &route {
@@ -112,7 +114,6 @@ impl RootSpanBuilder for SidechainRootSpan {
             otel.status_code = Empty,
             error.type = Empty,
         );
-        let parent = propagation::extract_parent(request.headers());
         if parent.span().span_context().is_valid() {
             // Straight into the root's record, before any child exists (`record`).
             span.set_parent(&parent);

@@ -1,27 +1,26 @@
-//! Tail-based sampling: keep whole traces by what they turned out to be, and say so.
+//! Tail-based sampling, the exporter's half: hold spans until their trace is decided, and carry
+//! the decision out. The decision itself, and the request path's half, are in `sampling`.
 //!
 //! ```text
 //!  request path                                        export actor (TailSampler)
 //!  ────────────                                        ──────────────────────────
 //!  span ends, status ERROR ─▶ FailedTraces.mark        finished span ─▶ held under its trace id
-//!  local root ends (on_request_end):                                      │ its local root arrives
+//!  request's root ends (RecordExt::decide_trace):                         │ its local root arrives
 //!    failed (FailedTraces ∨ 5xx) → error                                  ▼
-//!    duration ≥ latency          → latency             the root carries the decision: obey it;
-//!    trace id under the ratio    → probabilistic       a root without one (a job) is decided here
-//!    else dropped                                      keep ─▶ export queue   drop ─▶ discarded
-//!  → sampling.tail.reason on the root, the access line's trace_sampled, the exemplar
+//!    duration ≥ latency          → latency             the root brings the decision beside it:
+//!    trace id under the ratio    → probabilistic       obey it; a root without one (a job) is
+//!    else dropped                                      decided here
+//!  → the root's record; traceresponse, access line,    keep ─▶ sampling.tail.reason on the root,
+//!    exemplar read the same value                              sampling.ratio scaled ─▶ queue
+//!                                                      drop ─▶ discarded
 //! ```
 //!
 //! One decision per trace, taken as its local root ends, from what is known then: whether any
 //! span of the trace failed, the root's duration and the trace id. For a request that moment is
-//! `on_request_end` (the handler is done, so every span it made has ended), on the request
-//! path: the decision then names the trace in everything the service hands out (the exemplar,
-//! the access line), and travels to the exporter on the root span itself, which obeys it: no
-//! second opinion that could disagree.
-//!
-//! The failures the root needs to know about are marked by the processor's `on_end` (it sees
-//! every span end, children before their root) in [`FailedTraces`], a fixed-size, lock-free
-//! filter that can only err towards keeping.
+//! when its response leaves the handler (every span it made has ended), on the request path: the
+//! decision then names the trace in everything the service hands out (the exemplar, the access
+//! line, `traceresponse`), and travels to the exporter beside the finished root
+//! (`actor::Finished`), which obeys it: no second opinion that could disagree.
 //!
 //! Spans that end after their root (background work) follow the trace's decision, remembered
 //! in a fixed-size table, except that a failure is never lost: a late local subtree (a span
