@@ -7,7 +7,8 @@
 //! CPU-per-request figures cannot.
 //!
 //! ```bash
-//! cargo run --release --example span_cost
+//! cargo run --release --example span_cost            # every pipeline
+//! cargo run --release --example span_cost -- ours    # one (ours, bridge, none), e.g. under perf
 //! ```
 //!
 //! Cases, each as the child of an entered root span:
@@ -36,6 +37,8 @@ const SQL: &str = "SELECT \"posts\".\"id\", \"posts\".\"author_id\", \"posts\".\
     \"posts\".\"created_at\", \"posts\".\"like_count\", \"posts\".\"comment_count\" FROM \"posts\" \
     WHERE (\"posts\".\"id\" = $1) LIMIT $2";
 
+/// Drops every finished span at once, on the recording thread: single-threaded, so the figure
+/// includes freeing what recording allocated (in the service the export thread frees it).
 #[derive(Debug)]
 struct Discard;
 
@@ -156,13 +159,17 @@ fn cases(pipeline: &str, namespace: &Arc<str>, address: &Arc<str>) {
 fn main() {
     let namespace: Arc<str> = "sidechain".into();
     let address: Arc<str> = "127.0.0.1".into();
+    let only = std::env::args().nth(1);
+    let run = |pipeline: &str| only.as_deref().is_none_or(|only| only == pipeline);
 
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(ours(1.0)), || {
-        cases("ours", &namespace, &address)
-    });
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(ours(0.0)), || {
-        in_root(|| time("ours: 4 attributes, unsampled", four_attributes))
-    });
+    if run("ours") {
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(ours(1.0)), || {
+            cases("ours", &namespace, &address)
+        });
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(ours(0.0)), || {
+            in_root(|| time("ours: 4 attributes, unsampled", four_attributes))
+        });
+    }
 
     let bridge = |ratio| {
         tracing_opentelemetry::layer()
@@ -175,19 +182,22 @@ fn main() {
             .with_context_activation(false)
             .with_filter(Targets::new().with_target("sidechain", tracing::Level::INFO))
     };
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(bridge(1.0)), || {
-        cases("tracing-opentelemetry", &namespace, &address)
-    });
-    tracing::subscriber::with_default(tracing_subscriber::registry().with(bridge(0.0)), || {
-        in_root(|| {
-            time(
-                "tracing-opentelemetry: 4 attributes, unsampled",
-                four_attributes,
-            )
-        })
-    });
-
-    tracing::subscriber::with_default(tracing_subscriber::registry(), || {
-        cases("no layer", &namespace, &address)
-    });
+    if run("bridge") {
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(bridge(1.0)), || {
+            cases("tracing-opentelemetry", &namespace, &address)
+        });
+        tracing::subscriber::with_default(tracing_subscriber::registry().with(bridge(0.0)), || {
+            in_root(|| {
+                time(
+                    "tracing-opentelemetry: 4 attributes, unsampled",
+                    four_attributes,
+                )
+            })
+        });
+    }
+    if run("none") {
+        tracing::subscriber::with_default(tracing_subscriber::registry(), || {
+            cases("no layer", &namespace, &address)
+        });
+    }
 }

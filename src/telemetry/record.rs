@@ -14,10 +14,12 @@
 //!
 //! One [`Recording`] per span of ours lives in the registry's extensions of that span. It is
 //! what every reader of a span's ids reads: log lines, exemplars, `traceresponse`, outgoing
-//! `traceparent`, and a job's stored W3C context ([`RecordExt`]). A span that is not sampled
-//! keeps only its ids (logs still name their trace); a local root always records its fields,
-//! because an incoming `traceparent` may still make it sampled ([`RecordExt::set_parent`], set
-//! by the `RootSpanBuilder` right after it creates the span).
+//! `traceparent`, and a job's stored W3C context ([`RecordExt`]). A span below an unsampled one
+//! records nothing at all (a lookup of its parent's record, no allocation, no clock): readers
+//! of its ids get the nearest record above, the unsampled root's, whose trace id is what logs
+//! and outgoing headers need. A local root always records its fields, because an incoming
+//! `traceparent` may still make it sampled ([`RecordExt::set_parent`], set by the
+//! `RootSpanBuilder` right after it creates the span).
 //!
 //! Fields named `otel.name`, `otel.kind`, `otel.status_code` and `otel.status_description` set
 //! the span's name, kind and status instead of attributes, as they did with
@@ -114,8 +116,6 @@ struct Recording {
     parent_span_id: SpanId,
     parent_is_remote: bool,
     sampled: bool,
-    /// Whether fields are kept: sampled spans, and local roots (whose decision may change).
-    keeps_fields: bool,
     /// The probability this span had of being sampled at the head (`sampling.ratio`).
     ratio: f64,
     trace_state: TraceState,
@@ -162,8 +162,13 @@ impl Recording {
         }
     }
 
-    fn put(&mut self, key: &'static str, value: Value, max: usize) {
-        if let Some(kv) = self.attributes.iter_mut().find(|kv| kv.key.as_str() == key) {
+    /// Sets an attribute; `fresh` when the span is new (a callsite's field names are distinct,
+    /// so there is nothing to replace).
+    fn put(&mut self, key: &'static str, value: Value, max: usize, fresh: bool) {
+        if let Some(kv) = (!fresh)
+            .then(|| self.attributes.iter_mut().find(|kv| kv.key.as_str() == key))
+            .flatten()
+        {
             kv.value = value;
         } else if self.attributes.len() < max {
             self.attributes
@@ -173,7 +178,11 @@ impl Recording {
         }
     }
 
-    fn put_str(&mut self, key: &'static str, value: &str, max: usize) {
+    fn put_str(&mut self, key: &'static str, value: &str, max: usize, fresh: bool) {
+        if !key.starts_with("otel.") {
+            let value = Value::from(limits::bounded(value).to_owned());
+            return self.put(key, value, max, fresh);
+        }
         match key {
             "otel.name" => self.name = Cow::Owned(value.to_owned()),
             "otel.kind" => self.kind = kind(value),
@@ -187,7 +196,12 @@ impl Recording {
             "otel.status_description" | "otel.status_message" => {
                 self.status_description = Some(limits::bounded(value).to_owned());
             }
-            key => self.put(key, Value::from(limits::bounded(value).to_owned()), max),
+            key => self.put(
+                key,
+                Value::from(limits::bounded(value).to_owned()),
+                max,
+                fresh,
+            ),
         }
     }
 
@@ -239,42 +253,53 @@ fn kind(value: &str) -> SpanKind {
 struct Fields<'a> {
     record: &'a mut Recording,
     max: usize,
+    /// The span's first fields (`Recording::put`).
+    fresh: bool,
 }
 
 impl Visit for Fields<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.record.put(field.name(), Value::F64(value), self.max);
+        self.record
+            .put(field.name(), Value::F64(value), self.max, self.fresh);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.record.put(field.name(), Value::I64(value), self.max);
+        self.record
+            .put(field.name(), Value::I64(value), self.max, self.fresh);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         match i64::try_from(value) {
-            Ok(value) => self.record.put(field.name(), Value::I64(value), self.max),
-            Err(_) => self
+            Ok(value) => self
                 .record
-                .put(field.name(), Value::from(value.to_string()), self.max),
+                .put(field.name(), Value::I64(value), self.max, self.fresh),
+            Err(_) => self.record.put(
+                field.name(),
+                Value::from(value.to_string()),
+                self.max,
+                self.fresh,
+            ),
         }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.record.put(field.name(), Value::Bool(value), self.max);
+        self.record
+            .put(field.name(), Value::Bool(value), self.max, self.fresh);
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.record.put_str(field.name(), value, self.max);
+        self.record
+            .put_str(field.name(), value, self.max, self.fresh);
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         self.record
-            .put_str(field.name(), &value.to_string(), self.max);
+            .put_str(field.name(), &value.to_string(), self.max, self.fresh);
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.record
-            .put_str(field.name(), &format!("{value:?}"), self.max);
+            .put_str(field.name(), &format!("{value:?}"), self.max, self.fresh);
     }
 }
 
@@ -369,13 +394,11 @@ where
         if !ours(metadata) {
             return;
         }
-        let parent = if let Some(parent) = attrs.parent() {
-            ctx.span(parent)
-        } else if attrs.is_contextual() {
-            ctx.lookup_current()
-        } else {
-            None
+        let Some(span) = ctx.span(id) else {
+            return;
         };
+        // The registry has resolved the parent (explicit, or the current span) already.
+        let parent = span.parent();
         let from = parent.and_then(nearest).unwrap_or_else(|| {
             let trace_id = new_trace_id();
             Inherited {
@@ -387,19 +410,21 @@ where
                 received_tracestate: None,
             }
         });
+        if !from.sampled && from.span_id != SpanId::INVALID {
+            // Below an unsampled span: nothing is recorded, not even ids. Readers find the
+            // nearest record above (the unsampled root's): its trace id is the one logs and
+            // outgoing `traceparent` need, and no span of this trace is exported to be named.
+            return;
+        }
         let mut record = Recording::new(metadata.name(), from);
-        if record.keeps_fields {
-            record.start = SystemTime::now();
-            // One more for the `sampling.ratio` the exporter gets at close.
-            record.attributes.reserve_exact(metadata.fields().len() + 1);
-            attrs.record(&mut Fields {
-                record: &mut record,
-                max: self.max_attributes,
-            });
-        }
-        if let Some(span) = ctx.span(id) {
-            span.extensions_mut().insert(record);
-        }
+        // One more for the `sampling.ratio` the exporter gets at close.
+        record.attributes.reserve_exact(metadata.fields().len() + 1);
+        attrs.record(&mut Fields {
+            record: &mut record,
+            max: self.max_attributes,
+            fresh: true,
+        });
+        span.extensions_mut().insert(record);
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: LayerContext<'_, S>) {
@@ -407,12 +432,11 @@ where
             return;
         };
         let mut extensions = span.extensions_mut();
-        if let Some(record) = extensions.get_mut::<Recording>()
-            && record.keeps_fields
-        {
+        if let Some(record) = extensions.get_mut::<Recording>() {
             values.record(&mut Fields {
                 record,
                 max: self.max_attributes,
+                fresh: false,
             });
         }
     }
@@ -423,7 +447,6 @@ where
         };
         if let Some(span) = ctx.span(id)
             && let Some(record) = span.extensions_mut().get_mut::<Recording>()
-            && record.keeps_fields
         {
             record.links.push(Link::with_context(followed));
         }
@@ -447,23 +470,19 @@ where
 impl Recording {
     /// A span below `from` (the parent's record), or a local root when `from` names no span.
     fn new(name: &'static str, from: Inherited) -> Self {
-        let root = from.span_id == SpanId::INVALID;
         Self {
             trace_id: from.trace_id,
             span_id: new_span_id(),
             parent_span_id: from.span_id,
             parent_is_remote: false,
             sampled: from.sampled,
-            keeps_fields: from.sampled || root,
             ratio: from.ratio,
             trace_state: from.trace_state,
             received_tracestate: from.received_tracestate,
             decision: None,
             name: Cow::Borrowed(name),
             kind: SpanKind::Internal,
-            // Read only for spans that keep their fields (`on_new_span`): an unsampled span
-            // reads no clock.
-            start: SystemTime::UNIX_EPOCH,
+            start: SystemTime::now(),
             attributes: Vec::new(),
             dropped_attributes: 0,
             events: Vec::new(),
@@ -605,12 +624,6 @@ impl RecordExt for tracing::Span {
             record.ratio = 1.0;
             record.trace_state = remote.trace_state().clone();
             record.received_tracestate = received;
-            if record.sampled && !record.keeps_fields {
-                // A span below an unsampled one, re-parented into a sampled trace: recorded
-                // from here on.
-                record.keeps_fields = true;
-                record.start = SystemTime::now();
-            }
         });
     }
 
@@ -636,9 +649,7 @@ impl RecordExt for tracing::Span {
 
     fn set_status(&self, status: Status) {
         let done = with_record(self, |record, _| {
-            if record.keeps_fields {
-                record.status = status.clone();
-            }
+            record.status = status.clone();
         });
         if done.is_none()
             && !recorded_here(self)
@@ -651,9 +662,7 @@ impl RecordExt for tracing::Span {
     fn add_event(&self, name: &'static str, attributes: Vec<KeyValue>) {
         let mut attributes = Some(attributes);
         let done = with_record(self, |record, _| {
-            if record.keeps_fields
-                && let Some(attributes) = attributes.take()
-            {
+            if let Some(attributes) = attributes.take() {
                 record
                     .events
                     .push(Event::new(name, SystemTime::now(), attributes, 0));
@@ -851,6 +860,8 @@ mod tests {
             let child = root.in_scope(|| tracing::info_span!(target: "sidechain", "c"));
             let sc = child.span_context().unwrap();
             assert!(sc.is_valid() && !sc.is_sampled());
+            // Nothing recorded below the unsampled root: the child reads the root's ids.
+            assert_eq!(sc, root.span_context().unwrap());
             assert_eq!(root.decide_trace(false, Duration::ZERO), Some(false));
         });
         assert!(spans.is_empty());

@@ -238,14 +238,22 @@ async fn a_wav_upload_becomes_ready_in_the_uploads_trace() {
     app.get("/api/v1/feed/unified?type=global").await;
 
     let post = app.settled(id).await;
-    // The finished job made cached feed pages stale.
-    let feed: Value = app
-        .get("/api/v1/feed/unified?type=global")
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(feed["items"][0]["audio"]["status"], "ready", "{feed}");
+    // The finished job makes cached feed pages stale just after it commits (the worker removes
+    // the source in between): within moments, not the cache TTL (30 s).
+    poll_within(
+        "the cached feed to show the audio ready",
+        Duration::from_secs(5),
+        || async {
+            let feed: Value = app
+                .get("/api/v1/feed/unified?type=global")
+                .await
+                .json()
+                .await
+                .ok()?;
+            (feed["items"][0]["audio"]["status"] == "ready").then_some(())
+        },
+    )
+    .await;
     let audio = &post["audio"];
     assert_eq!(audio["status"], "ready", "{post}");
     assert_eq!(audio["duration_ms"], 2000);
