@@ -275,17 +275,19 @@ enum Encoder {
 }
 
 fn ours(settings: &TelemetrySettings, resource: &Resource, encoder: Encoder) -> ActorSpanProcessor {
+    #[cfg(feature = "reference-encoder")]
+    let reference: export::EncoderFactory =
+        |resource, limits| Box::new(ReferenceEncoder::new(resource, limits));
     let options = ExportOptions {
-        #[cfg(feature = "reference-encoder")]
-        reference_encoder: encoder == Encoder::Reference,
+        encoder: match encoder {
+            Encoder::Direct => None,
+            #[cfg(feature = "reference-encoder")]
+            Encoder::Reference => Some(reference),
+            #[cfg(not(feature = "reference-encoder"))]
+            Encoder::Reference => panic!("the reference needs --features reference-encoder"),
+        },
         ..ExportOptions::default()
     };
-    #[cfg(not(feature = "reference-encoder"))]
-    assert_eq!(
-        encoder,
-        Encoder::Direct,
-        "the reference needs --features reference-encoder"
-    );
     export::start(settings, resource, options)
         .unwrap_or_else(|err| panic!("starting our exporter: {err}"))
 }

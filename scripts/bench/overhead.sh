@@ -228,7 +228,7 @@ def med(route, server, c, key):
     return statistics.median(float(r[key]) for r in rows if r["route"] == route and r["server"] == server and r["conns"] == c)
 print(f"### Overhead, sink `{sink}`: A = untraced (OTEL_ENABLED=false), B = ours, P = peer (tracing-opentelemetry + BatchSpanProcessor + opentelemetry-otlp), F = fastrace (fastrace-tracing + fastrace-opentelemetry + opentelemetry-otlp), rate 1.0")
 print()
-print(f"wrk -t1, {duration} s per run, {reps} repetitions alternated A/B/P, medians; "
+print(f"wrk -t1, {duration} s per run, {reps} repetitions, medians; "
       f"throughput at {conns} connections, latency at 1 connection; LOG_LEVEL={log_level}; alternated A/B/P/F; "
       f"servers on core 1, wrk and sinks on core 0; post {post_id}")
 print()

@@ -55,19 +55,20 @@ pub struct ExportOptions {
     pub retry: RetryPolicy,
     /// Bound on one request's uncompressed size: the OTLP/HTTP limit of 20 MiB by default.
     pub max_request_bytes: usize,
-    /// Encode through the reference conversion (the official message tree) instead of the
-    /// direct encoder: the benchmark's "before".
-    #[cfg(feature = "reference-encoder")]
-    pub reference_encoder: bool,
+    /// Another encoder in place of the direct one (`OtlpEncoder`): the benchmark plugs the
+    /// reference conversion in here (`reference::ReferenceEncoder`, the "before").
+    pub encoder: Option<EncoderFactory>,
 }
+
+/// Makes the encoder the export actor uses, from the resource and the attribute limits.
+pub type EncoderFactory = fn(&Resource, AttributeLimits) -> Box<dyn otlp::EncodeSpans>;
 
 impl Default for ExportOptions {
     fn default() -> Self {
         Self {
             retry: RetryPolicy::default(),
             max_request_bytes: 20 * 1024 * 1024,
-            #[cfg(feature = "reference-encoder")]
-            reference_encoder: false,
+            encoder: None,
         }
     }
 }
@@ -115,15 +116,10 @@ pub fn start(
         count: settings.attribute_count_limit,
         value_length: settings.attribute_value_length_limit,
     };
-    // The bench-only reference conversion plugs in from outside the production encoder.
-    #[cfg(feature = "reference-encoder")]
-    let encoder: Box<dyn otlp::EncodeSpans> = if options.reference_encoder {
-        Box::new(reference::ReferenceEncoder::new(resource, limits))
-    } else {
-        Box::new(OtlpEncoder::new(resource, limits))
+    let encoder = match options.encoder {
+        Some(make) => make(resource, limits),
+        None => Box::new(OtlpEncoder::new(resource, limits)),
     };
-    #[cfg(not(feature = "reference-encoder"))]
-    let encoder: Box<dyn otlp::EncodeSpans> = Box::new(OtlpEncoder::new(resource, limits));
     let transport = Transport::new(settings, options.retry)?;
     // The parts of the actor's log side; it is built on the export thread (it holds an `Rc`).
     let logs = match &settings.logs {
