@@ -162,6 +162,28 @@ where
     fn on_event(&self, event: &tracing::Event<'_>, ctx: LayerContext<'_, S>) {
         self.0.on_event(event, ctx);
     }
+
+    // The rest are forwarded unchanged (the compatibility layer ends a span by dropping it with
+    // the registry's extensions, so today they do nothing there).
+    fn on_enter(&self, id: &Id, ctx: LayerContext<'_, S>) {
+        self.0.on_enter(id, ctx);
+    }
+
+    fn on_exit(&self, id: &Id, ctx: LayerContext<'_, S>) {
+        self.0.on_exit(id, ctx);
+    }
+
+    fn on_follows_from(&self, id: &Id, follows: &Id, ctx: LayerContext<'_, S>) {
+        self.0.on_follows_from(id, follows, ctx);
+    }
+
+    fn on_close(&self, id: Id, ctx: LayerContext<'_, S>) {
+        self.0.on_close(id, ctx);
+    }
+
+    fn on_id_change(&self, old: &Id, new: &Id, ctx: LayerContext<'_, S>) {
+        self.0.on_id_change(old, new, ctx);
+    }
 }
 
 /// A root's field values as fastrace properties, as the compatibility layer records them
