@@ -37,7 +37,7 @@ use opentelemetry::propagation::{Extractor, Injector, TextMapPropagator};
 use opentelemetry::trace::{SpanContext, TraceContextExt};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 
-use crate::telemetry::record::{ReceivedTraceState, RecordExt};
+use crate::telemetry::record::{self, ReceivedTraceState, RecordExt};
 
 /// The one propagator: W3C Trace Context. Stateless, so a static serves every request without
 /// going through the global registry's lock.
@@ -98,7 +98,14 @@ pub(crate) fn inject_context(cx: &Context, headers: &mut reqwest::header::Header
 
 /// The span context of the current tracing span, if it is part of a trace.
 pub fn current_span_context() -> Option<SpanContext> {
-    span_context_of(&tracing::Span::current())
+    // Read through the dispatcher's current span id rather than `Span::current()`, whose handle
+    // would be cloned and dropped (a reference count up and down in the registry) for every
+    // log line.
+    tracing::dispatcher::get_default(|dispatch| {
+        let current = dispatch.current_span();
+        record::span_context_of_id(current.id()?, dispatch)
+    })
+    .filter(SpanContext::is_valid)
 }
 
 /// The span context of `span`, if it is part of a trace.

@@ -176,11 +176,19 @@ async fn log_lines_arrive_as_records_with_the_ids_of_their_span() {
     if let Some(startup) = startup {
         assert!(startup.trace_id.is_empty());
     }
-    let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains("otel_exporter_log_records_total{outcome=\"exported\"}"),
-        "{metrics}"
-    );
+    // Counted once the exporter has the endpoint's answer, which comes after the gate has the
+    // body: wait for it.
+    poll_within(
+        "the exported records counted",
+        Duration::from_secs(10),
+        || async {
+            let metrics = app.get("/metrics").await.text().await.ok()?;
+            metrics
+                .contains("otel_exporter_log_records_total{outcome=\"exported\"}")
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
