@@ -3378,6 +3378,13 @@ fn data_stores_dashboard_and_rules_watch_the_key_signals() {
         })
         .map(|(file, rule)| rule_expr(rule, file))
         .collect();
+    // A dead exporter is a store that cannot be seen: it must not read as "no data", i.e. OK.
+    assert!(
+        rules
+            .iter()
+            .any(|e| e.contains("pg_up") && e.contains(r#"up{job=~"postgres|redis"}"#)),
+        "the store-down rule does not cover a dead exporter: {rules:?}"
+    );
     for (what, needle) in [
         ("a store down", "pg_up"),
         ("Postgres connections", "pg_stat_activity_count"),
