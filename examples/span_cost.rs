@@ -1,14 +1,15 @@
 //! What one span costs the thread that makes it: our recording layer (`telemetry::record`) as
-//! the service installs it, beside the `tracing-opentelemetry` bridge it replaced (configured
-//! as the service configured it: per-layer `Targets` filter, no context activation, the SDK's
+//! the service installs it, beside the `tracing-opentelemetry` bridge it replaced (the peer
+//! build's layer, `telemetry::peer::otel_layer`, hence the feature; with the SDK's
 //! `ParentBased(TraceIdRatioBased)` sampler) and beside no layer at all. Each pipeline ends in
 //! a sink that drops every span: recording alone, no export (BENCHMARKS.md, "Recording").
 //! Single-threaded, so it resolves differences of tens of nanoseconds that the server's
 //! CPU-per-request figures cannot.
 //!
 //! ```bash
-//! cargo run --release --example span_cost            # every pipeline
-//! cargo run --release --example span_cost -- ours    # one (ours, bridge, none), e.g. under perf
+//! cargo run --release --features peer-pipeline --example span_cost            # every pipeline
+//! cargo run --release --features peer-pipeline --example span_cost -- ours    # one (ours,
+//!                                                     # bridge, none), e.g. under perf
 //! ```
 //!
 //! Cases, each as the child of an entered root span:
@@ -22,14 +23,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use opentelemetry::Context;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, Span, SpanData, SpanProcessor};
+use sidechain::telemetry;
 use sidechain::telemetry::record::{RecordLayer, SpanSink};
 use sidechain::telemetry::sampling::{Sampling, TailDecision};
 use tracing::field::Empty;
-use tracing_subscriber::Layer;
-use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 
 const N: u32 = 200_000;
@@ -171,17 +170,7 @@ fn main() {
         });
     }
 
-    let bridge = |ratio| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider(ratio).tracer("sidechain"))
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_level(false)
-            .with_target(false)
-            .with_context_activation(false)
-            .with_filter(Targets::new().with_target("sidechain", tracing::Level::INFO))
-    };
+    let bridge = |ratio| telemetry::peer::otel_layer(&provider(ratio));
     if run("bridge") {
         tracing::subscriber::with_default(tracing_subscriber::registry().with(bridge(1.0)), || {
             cases("tracing-opentelemetry", &namespace, &address)

@@ -30,7 +30,6 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -43,7 +42,6 @@ use opentelemetry::trace::{
     SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{Context, InstrumentationScope, KeyValue};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Dispatch, Subscriber};
@@ -52,7 +50,7 @@ use tracing_subscriber::Registry;
 use tracing_subscriber::layer::Context as LayerContext;
 use tracing_subscriber::registry::LookupSpan;
 
-use super::config::{Compression, TelemetrySettings};
+use super::config::TelemetrySettings;
 use super::record::{self, OtherRecorder};
 use super::{SpanPipeline, Telemetry, TelemetryError, TelemetryOptions};
 use crate::config::env::LogLevel;
@@ -65,23 +63,7 @@ pub fn init(
 ) -> Result<Telemetry, TelemetryError> {
     record::install_other(Box::new(FastraceAccess));
     super::install(otel, log_level, options.log_sink, |otel| {
-        let headers: HashMap<String, String> = otel
-            .headers
-            .iter()
-            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
-            .collect();
-        let builder = opentelemetry_otlp::SpanExporter::builder()
-            .with_http()
-            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-            .with_endpoint(otel.traces_endpoint.as_str())
-            .with_headers(headers)
-            .with_timeout(otel.export_timeout);
-        let builder = match otel.compression {
-            Compression::Gzip => builder.with_compression(opentelemetry_otlp::Compression::Gzip),
-            Compression::None => builder,
-        };
-        let exporter = builder
-            .build()
+        let exporter = super::otlp_exporter::span_exporter(otel)
             .map_err(|e| TelemetryError::Pipeline(e.to_string()))?;
         let reporter = fastrace_opentelemetry::OpenTelemetryReporter::new(
             exporter,

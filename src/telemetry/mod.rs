@@ -25,6 +25,8 @@ pub mod handoff;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+#[cfg(any(feature = "peer-pipeline", feature = "fastrace-pipeline"))]
+mod otlp_exporter;
 #[cfg(feature = "peer-pipeline")]
 pub mod peer;
 pub mod propagation;

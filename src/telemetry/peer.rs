@@ -13,12 +13,10 @@
 //! have, it does not pretend to: no retries, no `otel_exporter_*` metrics, and spans beyond a
 //! full queue are dropped without a count (the bench counts what its sink received instead).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use opentelemetry::trace::{SpanContext, Status, TraceContextExt, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
 };
@@ -29,7 +27,7 @@ use tracing_subscriber::Layer;
 use tracing_subscriber::filter::{Filtered, Targets};
 use tracing_subscriber::registry::LookupSpan;
 
-use super::config::{Compression, TelemetrySettings};
+use super::config::TelemetrySettings;
 use super::end_at_close::EndAtClose;
 use super::record::{self, OtherRecorder};
 use super::{LogSink, SpanPipeline, Telemetry, TelemetryError, TelemetryOptions};
@@ -120,22 +118,7 @@ impl OtherRecorder for OtelAccess {
 pub fn processor(
     otel: &TelemetrySettings,
 ) -> Result<BatchSpanProcessor, opentelemetry_otlp::ExporterBuildError> {
-    let headers: HashMap<String, String> = otel
-        .headers
-        .iter()
-        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
-        .collect();
-    let builder = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-        .with_endpoint(otel.traces_endpoint.as_str())
-        .with_headers(headers)
-        .with_timeout(otel.export_timeout);
-    let builder = match otel.compression {
-        Compression::Gzip => builder.with_compression(opentelemetry_otlp::Compression::Gzip),
-        Compression::None => builder,
-    };
-    let exporter = builder.build()?;
+    let exporter = super::otlp_exporter::span_exporter(otel)?;
     let config = BatchConfigBuilder::default()
         .with_max_queue_size(otel.max_queue_size)
         .with_max_export_batch_size(otel.max_export_batch_size)
