@@ -614,8 +614,9 @@ async fn run() -> Result<(), String> {
     let mut kinds = Vec::new();
     for kind in ["global", "trending", "timeline", "recommended"] {
         let tag = format!("feed_type=\"{kind}\"");
-        let hits = cache(&|k| k.contains(&tag) && k.contains("result=\"hit\""));
-        let misses = cache(&|k| k.contains(&tag) && k.contains("result=\"miss\""));
+        // `+ 0.0` turns a delta of -0.0 (no sample of that kind) into 0, not "-0".
+        let hits = cache(&|k| k.contains(&tag) && k.contains("result=\"hit\"")) + 0.0;
+        let misses = cache(&|k| k.contains(&tag) && k.contains("result=\"miss\"")) + 0.0;
         if hits + misses > 0.0 {
             kinds.push(format!(
                 "{kind} {:.1} % ({hits:.0}/{:.0})",
