@@ -648,31 +648,20 @@ impl RecordExt for tracing::Span {
     }
 
     fn set_status(&self, status: Status) {
-        let done = with_record(self, |record, _| {
-            record.status = status.clone();
-        });
-        if done.is_none()
-            && !recorded_here(self)
-            && let Some(other) = other()
-        {
+        if recorded_here(self) {
+            with_record(self, |record, _| record.status = status);
+        } else if let Some(other) = other() {
             other.set_status(self, status);
         }
     }
 
     fn add_event(&self, name: &'static str, attributes: Vec<KeyValue>) {
-        let mut attributes = Some(attributes);
-        let done = with_record(self, |record, _| {
-            if let Some(attributes) = attributes.take() {
-                record
-                    .events
-                    .push(Event::new(name, SystemTime::now(), attributes, 0));
-            }
-        });
-        if done.is_none()
-            && !recorded_here(self)
-            && let Some(other) = other()
-            && let Some(attributes) = attributes
-        {
+        if recorded_here(self) {
+            with_record(self, |record, _| {
+                let event = Event::new(name, SystemTime::now(), attributes, 0);
+                record.events.push(event);
+            });
+        } else if let Some(other) = other() {
             other.add_event(self, name, attributes);
         }
     }
